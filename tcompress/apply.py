@@ -1,0 +1,47 @@
+"""`tc.apply(model, method, calib)`: compress a model in place with one method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tcompress.calib import Calibration, sequential
+from tcompress.export.checkpoint import record_of
+from tcompress.methods import LinearMethod, Method, method_from, replace_module
+from tcompress.models.adapters import adapter
+
+
+def apply(model: nn.Module, method: Method | dict[str, Any], calib: Calibration | None = None, *,
+          batch_size: int = 1, device: torch.device | str | None = None, progress: bool = True) -> nn.Module:
+    """Apply `method` to `model` in place and record it; returns the model.
+
+    `calib` is calibration data (token ids `[n, seqlen]` or a list of model inputs); the
+    methods that need none ignore it. Blocks are processed one at a time, each on the
+    outputs of the already compressed blocks before it.
+    """
+    if isinstance(method, dict):
+        method = method_from(method)
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a tcompress method config, got {type(method).__name__}")
+    if method.needs_data and calib is None:
+        raise ValueError(f"method {method.name!r} needs calibration data: pass calib (e.g. tc.data.calibration(...))")
+    with torch.no_grad():
+        if method.needs_data:
+            sequential(model, calib, method, batch_size=batch_size, device=device, progress=progress)
+        elif isinstance(method, LinearMethod):
+            _apply_without_data(model, method)
+        else:
+            raise TypeError(f"method {method.name!r} needs no data but is not a per-linear method")
+    record_of(model).applied.append(method.to_dict())
+    return model
+
+
+def _apply_without_data(model: nn.Module, method: LinearMethod) -> None:
+    for block in adapter(model).blocks():
+        for name, linear in block.linears.items():
+            if method.selects(name, linear):
+                new = method.apply(linear, method.init_stats(linear), name)
+                if new is not None and new is not linear:
+                    replace_module(model, name, new)

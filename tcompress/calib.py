@@ -1,0 +1,212 @@
+"""The layer-wise engine: run a model block by block over calibration data.
+
+It captures what the first block receives (hidden states and every other argument: masks,
+position ids, rotary embeddings), then for each block in order: a method observes the
+inputs of the linears it changes and updates the block; the block runs again and its
+outputs, computed after the update, become the next block's inputs. Only one block's
+activations are held at a time (kept on `offload`, default CPU, while the block itself
+may run on another device), so each block is compressed on the outputs of the already
+compressed blocks before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from tcompress.methods import BlockMethod, LinearMethod, Method, replace_module
+from tcompress.models.adapters import Block, adapter
+
+Calibration = Tensor | list[Any]  # [n, seqlen] token ids, or a list of model inputs
+
+
+@dataclass
+class BlockInputs:
+    """What each calibration batch feeds the current block."""
+
+    hidden: list[Tensor]  # one per batch, on the offload device
+    args: list[tuple]  # further positional arguments
+    kwargs: list[dict[str, Any]]
+    positional: bool  # hidden states passed positionally (else as `hidden_states=`)
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+
+class _Captured(Exception):
+    """Stops the model's forward once the first block's inputs are recorded."""
+
+
+def batches_of(calib: Calibration, batch_size: int = 1) -> list[Any]:
+    """Split calibration data into model inputs of `batch_size` samples."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(calib, Tensor):
+        if calib.ndim == 0 or len(calib) == 0:
+            raise ValueError("calibration data is empty")
+        return list(calib.split(batch_size))
+    batches = list(calib)
+    if not batches:
+        raise ValueError("calibration data is empty")
+    return batches
+
+
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """Run `model` on one batch: a dict of inputs, token ids, pixels, or a plain tensor."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    if getattr(model, "main_input_name", None) and isinstance(batch, Tensor):
+        return model(**{model.main_input_name: batch})
+    return model(batch)
+
+
+@contextlib.contextmanager
+def no_kv_cache(model: nn.Module) -> Iterator[None]:
+    config = getattr(model, "config", None)
+    saved = getattr(config, "use_cache", None)
+    if saved is not None:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if saved is not None:
+            config.use_cache = saved
+
+
+def capture(model: nn.Module, first_block: nn.Module, batches: list[Any], offload: str | torch.device) -> BlockInputs:
+    """Run the model up to `first_block` on every batch and record what the block gets."""
+    inputs = BlockInputs([], [], [], positional=True)
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        inputs.positional = bool(args)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        inputs.hidden.append(hidden.to(offload))
+        inputs.args.append(tuple(args[1:]))
+        inputs.kwargs.append(kwargs)
+        raise _Captured
+
+    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), no_kv_cache(model):
+            for batch in batches:
+                with contextlib.suppress(_Captured):
+                    call_model(model, batch)
+    finally:
+        handle.remove()
+    if len(inputs) != len(batches):
+        raise RuntimeError("the first block was not reached on every calibration batch")
+    return inputs
+
+
+def _to(value: Any, device: torch.device | str | None) -> Any:
+    if device is None:
+        return value
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+class BlockRunner:
+    """Runs one block over the stored inputs, on `device`, keeping results on `offload`."""
+
+    def __init__(self, block: nn.Module, device: torch.device | str | None, offload: torch.device | str):
+        self.block, self.device, self.offload = block, device, offload
+
+    def __call__(self, inputs: BlockInputs, index: int, hidden: Tensor | None = None) -> Tensor:
+        hidden = inputs.hidden[index] if hidden is None else hidden
+        args, kwargs = _to(inputs.args[index], self.device), _to(inputs.kwargs[index], self.device)
+        hidden = _to(hidden, self.device)
+        with torch.no_grad():
+            out = self.block(hidden, *args, **kwargs) if inputs.positional else self.block(*args, hidden_states=hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def each(self, inputs: BlockInputs) -> None:
+        """Run every batch, discarding outputs (for hooks that observe)."""
+        for index in range(len(inputs)):
+            self(inputs, index)
+
+    def propagate(self, inputs: BlockInputs) -> None:
+        """Replace each stored input by the block's output on it."""
+        for index in range(len(inputs)):
+            inputs.hidden[index] = self(inputs, index).to(self.offload)
+
+
+def observe_and_apply(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
+                      run: BlockRunner) -> None:
+    """Hand each selected linear's inputs to the method, then let it change the linear."""
+    groups = block.groups() if method.true_sequential else [block.linears]
+    for group in groups:
+        chosen = {name: linear for name, linear in group.items() if method.selects(name, linear)}
+        if not chosen:
+            continue
+        stats = {name: method.init_stats(linear) for name, linear in chosen.items()}
+        handles = [linear.register_forward_hook(_observer(method, stats, name)) for name, linear in chosen.items()]
+        try:
+            run.each(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, linear in chosen.items():
+            new = method.apply(linear, stats.pop(name), name)
+            if new is not None and new is not linear:
+                if not name:
+                    raise ValueError("the model is itself the linear and cannot be replaced: wrap it in a module")
+                replace_module(model, name, new)
+
+
+def _observer(method: LinearMethod, stats: dict[str, Any], name: str) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        x = args[0]
+        stats[name] = method.observe(stats[name], x.reshape(-1, x.shape[-1]))
+
+    return hook
+
+
+def sequential(model: nn.Module, calib: Calibration, method: Method | None = None, *, batch_size: int = 1,
+               device: torch.device | str | None = None, offload: torch.device | str = "cpu",
+               progress: bool = True, on_block: Callable[[Block, list[Tensor]], None] | None = None) -> list[Tensor]:
+    """Run `model` block by block over `calib`, applying `method` to each block.
+
+    Returns the last block's outputs, one tensor per batch. `device` is where each block
+    runs (its weights move there and back); activations wait on `offload`. `on_block` is
+    called with each block and its outputs (after the method changed it).
+    """
+    batches = batches_of(calib, batch_size)
+    blocks = adapter(model).blocks()
+    inputs = capture(model, blocks[0].module, batches, offload)
+    desc = f"{method.name} by block" if method else "blocks"
+    for block in tqdm(blocks, desc=desc, disable=not progress):
+        with _placed(block.module, device):
+            run = BlockRunner(block.module, device, offload)
+            if isinstance(method, LinearMethod):
+                observe_and_apply(method, model, block, inputs, run)
+            elif isinstance(method, BlockMethod):
+                method.apply_block(block, inputs, run)
+            run.propagate(inputs)
+        if on_block is not None:
+            on_block(block, inputs.hidden)
+    return inputs.hidden
+
+
+@contextlib.contextmanager
+def _placed(module: nn.Module, device: torch.device | str | None) -> Iterator[None]:
+    """Move `module` to `device` for the duration, then back where it was."""
+    if device is None:
+        yield
+        return
+    home = next(module.parameters()).device
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(home)

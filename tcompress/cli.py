@@ -1,0 +1,174 @@
+"""`tcompress ...`: a thin command line over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from torch import nn
+
+EPILOG = "MODEL is a named offline model (default, smollm2-135m, minilm), a Hugging Face folder, a .gguf file or a hub id."
+
+
+def module_kind(module: nn.Module) -> str:
+    from tcompress.models.adapters import is_linear
+
+    if is_linear(module):
+        return "linear"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith(("RMSNorm", "LayerNorm")):
+        return "norm"  # HF families define their own RMSNorm classes
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return "conv"
+    return "other"
+
+
+def parameters_by_kind(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(parameters, bytes) per module kind, tied weights counted once where first seen."""
+    seen: set[int] = set()
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for module in model.modules():
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            totals[module_kind(module)][0] += tensor.numel() if isinstance(tensor, nn.Parameter) else 0
+            totals[module_kind(module)][1] += tensor.numel() * tensor.element_size()
+    return {kind: (count, size) for kind, (count, size) in totals.items()}
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import tcompress as tc
+    from tcompress.eval.latency import model_kind
+    from tcompress.report import format_table
+
+    model, _ = tc.load(args.model)
+    adapter = tc.adapter(model)
+    by_kind = parameters_by_kind(model)
+    total_params = sum(count for count, _ in by_kind.values())
+    print(f"model        {args.model}")
+    print(f"architecture {type(model).__name__} ({model_kind(model)}; family: {adapter.name})")
+    print(f"blocks       {len(adapter.block_list())}")
+    print(f"hidden size  {adapter.hidden_size}; heads {adapter.num_heads}, KV heads {adapter.num_kv_heads}, "
+          f"head dim {adapter.head_dim}")
+    print(f"parameters   {total_params:,} ({total_params / 1e6:.1f}M)\n")
+    rows = [{"kind": kind, "parameters": count, "MB": size / 2**20, "share": f"{100 * count / max(total_params, 1):.2f}%"}
+            for kind, (count, size) in sorted(by_kind.items(), key=lambda kv: -kv[1][1])]
+    print(format_table(rows))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import tcompress as tc
+    from tcompress.eval.latency import model_kind
+    from tcompress.report import format_table
+
+    model, processor = tc.load(args.model)
+    kind = model_kind(model)
+    if kind == "causal-lm":
+        if args.data is None:
+            raise SystemExit("eval: --data is required for a language model (e.g. --data pydoc)")
+        value = tc.eval.perplexity(model, processor, args.data, seqlen=args.seqlen, windows=args.windows,
+                                   batch_size=args.batch_size)
+        result = {"model": args.model, "data": args.data, "seqlen": args.seqlen, "windows": args.windows,
+                  "perplexity": value}
+    elif kind == "encoder":
+        if args.data is None or not str(args.data).endswith(".tsv"):
+            raise SystemExit("eval: an encoder is measured on STS-B: pass --data path/to/stsb/dev.tsv")
+        result = {"model": args.model, "data": args.data, "stsb_spearman": tc.eval.stsb_spearman(model, processor, args.data)}
+    else:
+        images = tc.data.images(args.data or "fashion-mnist", processor, limit=args.windows)
+        result = {"model": args.model, "data": args.data, "images": len(images),
+                  "accuracy": tc.eval.accuracy(model, images, batch_size=args.batch_size)}
+    print(format_table([result]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import tcompress as tc
+
+    settings = tc.BenchSettings(batch_sizes=tuple(args.batch_sizes), seqlen=args.seqlen, new_tokens=args.new_tokens,
+                                repeats=args.repeats, warmup=args.warmup)
+    models = {spec: tc.load(spec)[0] for spec in args.models}
+    report = tc.bench(models, settings)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.to_json(out / "bench.json")
+    report.plot(out / "bench.png")
+    print(report.facts_table() + "\n\n" + report.table())
+    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcompress", description="Make transformer models smaller and faster, and measure what it cost.",
+        epilog=EPILOG)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="architecture, parameters and bytes by module kind", epilog=EPILOG)
+    info.add_argument("model", metavar="MODEL")
+    info.set_defaults(run=cmd_info)
+
+    evaluate = commands.add_parser(
+        "eval", help="perplexity (LMs), STS-B Spearman (encoders) or accuracy (image classifiers)", epilog=EPILOG)
+    evaluate.add_argument("model", metavar="MODEL")
+    evaluate.add_argument("--data", help="pydoc, wikitext2, c4, ptb or a text file (LMs); an STS-B .tsv "
+                          "(encoders); fashion-mnist, mnist or an image folder (image classifiers)")
+    evaluate.add_argument("--seqlen", type=_positive, default=2048, help="tokens per window (default 2048)")
+    evaluate.add_argument("--windows", type=_positive, help="use only the first N windows (images: first N)")
+    evaluate.add_argument("--batch-size", type=_positive, default=1, help="windows or images per forward")
+    evaluate.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    evaluate.set_defaults(run=cmd_eval)
+
+    bench = commands.add_parser("bench", help="latency, throughput and memory at several batch sizes",
+                                epilog=EPILOG + " Several models are measured in one run and plotted together.")
+    bench.add_argument("models", nargs="+", metavar="MODEL")
+    bench.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 4, 8, 16], help="default 1,2,4,8,16")
+    bench.add_argument("--seqlen", type=_positive, default=128, help="prompt / sequence length (default 128)")
+    bench.add_argument("--new-tokens", type=_positive, default=32, help="decode steps per run (default 32)")
+    bench.add_argument("--repeats", type=_positive, default=5, help="timed runs; the median is reported")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    bench.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"tcompress {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Perplexity over non-overlapping windows (the GPTQ protocol)."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from tcompress import data
+
+
+def context_length(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def check_seqlen(model: nn.Module, seqlen: int) -> None:
+    """Refuse windows longer than the model's context, before any work."""
+    limit = context_length(model)
+    if limit is not None and seqlen > limit:
+        raise ValueError(f"seqlen={seqlen} exceeds the model's context of {limit} tokens")
+
+
+def eval_windows(model: nn.Module, tokenizer: Any, source: str | os.PathLike | Tensor, seqlen: int,
+                 limit: int | None) -> Tensor:
+    """`source` as `[n, seqlen]` windows: already-made windows pass through (checked)."""
+    check_seqlen(model, seqlen if not isinstance(source, Tensor) else source.shape[-1])
+    if isinstance(source, Tensor):
+        if source.ndim != 2 or source.numel() == 0:
+            raise ValueError(f"windows must be a non-empty [n, seqlen] tensor, got shape {tuple(source.shape)}")
+        return source[:limit] if limit else source
+    return data.windows(source, tokenizer, seqlen=seqlen, limit=limit)
+
+
+@torch.no_grad()
+def window_nlls(model: nn.Module, windows: Tensor, batch_size: int = 1, progress: bool = True) -> Tensor:
+    """Mean next-token negative log-likelihood of each window, `[n]`."""
+    device = next(model.parameters()).device
+    nlls = []
+    for batch in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress):
+        batch = batch.to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # [b, s-1, vocab]
+        loss = nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # [b, s-1]
+        nlls.append(loss.mean(dim=1).cpu())
+    return torch.cat(nlls)
+
+
+def perplexity(model: nn.Module, tokenizer: Any, source: str | os.PathLike | Tensor = "wikitext2", *,
+               seqlen: int = 2048, windows: int | None = None, batch_size: int = 1, progress: bool = True) -> float:
+    """exp(mean NLL) over the first `windows` windows of `seqlen` tokens of `source`.
+
+    `source` is a corpus name, a text file, or a `[n, seqlen]` tensor of token ids.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        nlls = window_nlls(model, eval_windows(model, tokenizer, source, seqlen, windows), batch_size, progress)
+    finally:
+        model.train(was_training)
+    return math.exp(nlls.mean().item())

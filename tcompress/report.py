@@ -1,0 +1,55 @@
+"""Tables and plots of what a run measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of `rows` (dicts sharing keys), numbers right-aligned."""
+    if not rows:
+        return "(no rows)"
+    keys = list(rows[0])
+    cells = [[_cell(row.get(key)) for key in keys] for row in rows]
+    widths = [max(len(key), *(len(r[i]) for r in cells)) for i, key in enumerate(keys)]
+    numeric = [all(isinstance(row.get(key), (int, float)) for row in rows) for key in keys]
+
+    def line(values: Iterable[str]) -> str:
+        padded = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else "-" * (w + 2) for w, num in zip(widths, numeric)) + "|"
+    return "\n".join([line(keys), rule, *(line(r) for r in cells)])
+
+
+def plot_latency(rows: list[Any], path: str | Path, title: str = "latency vs batch size") -> None:
+    """Latency against batch size, one line per model, one panel per phase; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = list(dict.fromkeys(row.phase for row in rows))
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4.2), squeeze=False)
+    for ax, phase in zip(axes[0], phases):
+        for model in dict.fromkeys(row.model for row in rows):
+            points = sorted((r.batch, r.latency_ms) for r in rows if r.model == model and r.phase == phase)
+            ax.plot(*zip(*points), marker="o", label=model)
+        unit = "ms per token" if phase == "decode" else "ms"
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=f"{phase} latency ({unit})", title=phase)
+        ax.set_xticks(sorted({r.batch for r in rows}), labels=[str(b) for b in sorted({r.batch for r in rows})])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
