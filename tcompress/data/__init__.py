@@ -1,6 +1,6 @@
 """Data: text corpora (calibration samples, evaluation windows) and labelled image sets."""
 
-from tcompress.data.images import ImageSet, images, read_idx
+from tcompress.data.vision import ImageSet, images, read_idx
 from tcompress.data.text import calibration, corpus_names, load_text, pydoc_text, tokenize, windows
 
 __all__ = ["ImageSet", "images", "read_idx", "calibration", "corpus_names", "load_text", "pydoc_text",

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tcompress.data.images import ImageSet
+from tcompress.data.vision import ImageSet
 
 
 @torch.no_grad()
