@@ -27,6 +27,8 @@ def apply(model: nn.Module, method: Method | dict[str, Any], calib: Calibration 
         raise TypeError(f"method must be a tcompress method config, got {type(method).__name__}")
     if method.needs_data and calib is None:
         raise ValueError(f"method {method.name!r} needs calibration data: pass calib (e.g. tc.data.calibration(...))")
+    if isinstance(method, LinearMethod):
+        _check_targets(model, method)
     with torch.no_grad():
         if method.needs_data:
             sequential(model, calib, method, batch_size=batch_size, device=device, progress=progress)
@@ -38,10 +40,21 @@ def apply(model: nn.Module, method: Method | dict[str, Any], calib: Calibration 
     return model
 
 
+def _selected(model: nn.Module, method: LinearMethod) -> dict[str, nn.Module]:
+    return {name: linear for block in adapter(model).blocks() for name, linear in block.linears.items()
+            if method.selects(name, linear)}
+
+
+def _check_targets(model: nn.Module, method: LinearMethod) -> None:
+    targets = _selected(model, method)
+    if not targets:
+        raise ValueError(f"method {method.name!r} selects no linear of this model (check `exclude`)")
+    for name, linear in targets.items():
+        method.check(name, linear)
+
+
 def _apply_without_data(model: nn.Module, method: LinearMethod) -> None:
-    for block in adapter(model).blocks():
-        for name, linear in block.linears.items():
-            if method.selects(name, linear):
-                new = method.apply(linear, method.init_stats(linear), name)
-                if new is not None and new is not linear:
-                    replace_module(model, name, new)
+    for name, linear in _selected(model, method).items():
+        new = method.apply(linear, method.init_stats(linear), name)
+        if new is not None and new is not linear:
+            replace_module(model, name, new)

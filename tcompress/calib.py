@@ -38,8 +38,8 @@ class BlockInputs:
         return len(self.hidden)
 
 
-class _Captured(Exception):
-    """Stops the model's forward once the first block's inputs are recorded."""
+class _StopForward(Exception):
+    """Ends a forward early: once the first block's inputs are recorded, or a group observed."""
 
 
 def batches_of(calib: Calibration, batch_size: int = 1) -> list[Any]:
@@ -89,13 +89,13 @@ def capture(model: nn.Module, first_block: nn.Module, batches: list[Any], offloa
         inputs.hidden.append(hidden.to(offload))
         inputs.args.append(tuple(args[1:]))
         inputs.kwargs.append(kwargs)
-        raise _Captured
+        raise _StopForward
 
     handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad(), no_kv_cache(model):
             for batch in batches:
-                with contextlib.suppress(_Captured):
+                with contextlib.suppress(_StopForward):
                     call_model(model, batch)
     finally:
         handle.remove()
@@ -130,11 +130,6 @@ class BlockRunner:
             out = self.block(hidden, *args, **kwargs) if inputs.positional else self.block(*args, hidden_states=hidden, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
-    def each(self, inputs: BlockInputs) -> None:
-        """Run every batch, discarding outputs (for hooks that observe)."""
-        for index in range(len(inputs)):
-            self(inputs, index)
-
     def propagate(self, inputs: BlockInputs) -> None:
         """Replace each stored input by the block's output on it."""
         for index in range(len(inputs)):
@@ -143,31 +138,40 @@ class BlockRunner:
 
 def observe_and_apply(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
                       run: BlockRunner) -> None:
-    """Hand each selected linear's inputs to the method, then let it change the linear."""
+    """Hand each selected linear's inputs to the method, then let it change the linear.
+
+    Each pass over the block stops as soon as every observed linear has had its input, so
+    observing the first group of a block costs a fraction of a full pass."""
     groups = block.groups() if method.true_sequential else [block.linears]
     for group in groups:
         chosen = {name: linear for name, linear in group.items() if method.selects(name, linear)}
         if not chosen:
             continue
         stats = {name: method.init_stats(linear) for name, linear in chosen.items()}
-        handles = [linear.register_forward_hook(_observer(method, stats, name)) for name, linear in chosen.items()]
+        fired: set[str] = set()
+        handles = [linear.register_forward_hook(_observer(method, stats, name, fired, len(chosen)))
+                   for name, linear in chosen.items()]
         try:
-            run.each(inputs)
+            for index in range(len(inputs)):
+                fired.clear()
+                with contextlib.suppress(_StopForward):
+                    run(inputs, index)
         finally:
             for handle in handles:
                 handle.remove()
         for name, linear in chosen.items():
             new = method.apply(linear, stats.pop(name), name)
             if new is not None and new is not linear:
-                if not name:
-                    raise ValueError("the model is itself the linear and cannot be replaced: wrap it in a module")
                 replace_module(model, name, new)
 
 
-def _observer(method: LinearMethod, stats: dict[str, Any], name: str) -> Callable:
+def _observer(method: LinearMethod, stats: dict[str, Any], name: str, fired: set[str], wanted: int) -> Callable:
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         x = args[0]
         stats[name] = method.observe(stats[name], x.reshape(-1, x.shape[-1]))
+        fired.add(name)
+        if len(fired) == wanted:
+            raise _StopForward  # the rest of the block is not needed for this group
 
     return hook
 

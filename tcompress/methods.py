@@ -46,6 +46,9 @@ class LinearMethod(Method):
     def selects(self, name: str, linear: nn.Module) -> bool:
         return not any(fnmatch.fnmatch(name, pattern) for pattern in self.exclude)
 
+    def check(self, name: str, linear: nn.Module) -> None:
+        """Raise a clear error if this linear cannot take the method (before any work)."""
+
     def init_stats(self, linear: nn.Module) -> Any:
         return None
 
@@ -89,5 +92,7 @@ def method_from(spec: dict[str, Any]) -> Method:
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Put `new` where the submodule `name` of `root` is."""
+    if not name:
+        raise ValueError(f"cannot replace the root module itself by a {type(new).__name__}: wrap it in a module")
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from tcompress.export.packed import packed_layouts
+
 RECORD_FILE = "tcompress.json"
 FORMAT_VERSION = 1
 
@@ -27,6 +29,7 @@ class Record:
 
     source: str
     applied: list[dict[str, Any]] = field(default_factory=list)
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)  # packed modules' layouts, set on save
     format: int = FORMAT_VERSION
 
     @classmethod
@@ -35,7 +38,8 @@ class Record:
         if not path.is_file():
             return None
         data = json.loads(path.read_text())
-        return cls(source=data.get("source", str(folder)), applied=data.get("applied", []))
+        return cls(source=data.get("source", str(folder)), applied=data.get("applied", []),
+                   modules=data.get("modules", {}))
 
 
 def record_of(model: nn.Module) -> Record:
@@ -83,7 +87,9 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
         model.save_pretrained(tmp, safe_serialization=True)
         if processor is not None:
             processor.save_pretrained(tmp)
-        (tmp / RECORD_FILE).write_text(json.dumps(asdict(record_of(model)), indent=2) + "\n")
+        record = record_of(model)
+        record.modules = packed_layouts(model)
+        (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
         _replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from tcompress.export.checkpoint import Record, drop_gguf_marker, save
+from tcompress.export.packed import load_packed
 from tcompress.models import named
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,13 @@ def _load_folder(source: str | Path, dtype, device_map) -> tuple[nn.Module, Any]
     except OSError as error:
         raise ModelSpecError(f"cannot load {str(source)!r}: not a model folder, and the hub said: {error}") from error
     model_class = _model_class(config)
-    model = model_class.from_pretrained(source, config=config, dtype=dtype, device_map=device_map)
+    record = Record.read(Path(source)) if Path(source).is_dir() else None
+    if record is not None and record.modules:
+        model = load_packed(model_class, config, Path(source), record.modules, dtype)
+    else:
+        model = model_class.from_pretrained(source, config=config, dtype=dtype, device_map=device_map)
     drop_gguf_marker(model)
-    model.tc_record = (Record.read(Path(source)) if Path(source).is_dir() else None) or Record(source=str(source))
+    model.tc_record = record or Record(source=str(source))
     return model, _load_processor(source)
 
 

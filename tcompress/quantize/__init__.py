@@ -1,0 +1,8 @@
+"""Post-training quantization: one file a method; `formats.py` holds the packed storage."""
+
+from tcompress.quantize.formats import QuantLinear, pack, unpack
+from tcompress.quantize.gptq import GPTQ
+from tcompress.quantize.grid import Grid
+from tcompress.quantize.rtn import RTN
+
+__all__ = ["QuantLinear", "pack", "unpack", "Grid", "GPTQ", "RTN"]

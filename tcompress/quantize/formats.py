@@ -1,0 +1,121 @@
+"""Packed integer storage and `QuantLinear`, the module that runs it.
+
+Codes of `bits` bits are packed densely along each row: `k = lcm(bits, 8) / bits` codes
+fill `lcm(bits, 8) / 8` bytes (two 4-bit codes per byte, four 2-bit codes per byte, eight
+3-bit codes per three bytes, one 8-bit code per byte), the first code in the lowest bits.
+A row of `in` codes takes `ceil(in / k) * lcm / 8` bytes.
+
+Bytes of a quantized linear `[out, in]` with `g` groups per row, the formula behind the
+size checks: `out * ceil(in / k) * lcm / 8` (codes) `+ out * g * 2` (fp16 scales)
+`+ out * g * 2` (fp16 zeros) `+ bias`. At 4 bits, group 64, that is 4.5 bits per weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from tcompress.quantize.grid import Grid, dequantize_codes, expand
+
+
+def codes_per_chunk(bits: int) -> tuple[int, int]:
+    """(codes, bytes) of the smallest whole-byte chunk."""
+    lcm = math.lcm(bits, 8)
+    return lcm // bits, lcm // 8
+
+
+def packed_bytes_per_row(in_features: int, bits: int) -> int:
+    codes, nbytes = codes_per_chunk(bits)
+    return -(-in_features // codes) * nbytes
+
+
+def pack(codes: Tensor, bits: int) -> Tensor:
+    """Pack codes `[rows, n]` (values < 2^bits) into bytes `[rows, packed_bytes_per_row]`."""
+    rows, n = codes.shape
+    per_chunk, nbytes = codes_per_chunk(bits)
+    padded = torch.zeros(rows, -(-n // per_chunk) * per_chunk, dtype=torch.int64, device=codes.device)
+    padded[:, :n] = codes.to(torch.int64)
+    chunks = padded.view(rows, -1, per_chunk)
+    shifts = torch.arange(per_chunk, device=codes.device) * bits
+    words = (chunks << shifts).sum(dim=-1)  # [rows, chunks], at most 24 bits used
+    byte_shifts = torch.arange(nbytes, device=codes.device) * 8
+    return ((words.unsqueeze(-1) >> byte_shifts) & 0xFF).to(torch.uint8).view(rows, -1)
+
+
+def unpack(packed: Tensor, bits: int, n: int) -> Tensor:
+    """Inverse of `pack`: codes `[rows, n]` as uint8."""
+    rows = packed.shape[0]
+    per_chunk, nbytes = codes_per_chunk(bits)
+    byte_shifts = torch.arange(nbytes, device=packed.device) * 8
+    words = (packed.view(rows, -1, nbytes).to(torch.int64) << byte_shifts).sum(dim=-1)
+    shifts = torch.arange(per_chunk, device=packed.device) * bits
+    codes = (words.unsqueeze(-1) >> shifts) & (2**bits - 1)
+    return codes.view(rows, -1)[:, :n].to(torch.uint8)
+
+
+class QuantLinear(nn.Module):
+    """A linear layer whose weight is stored as packed integer codes with group scales.
+
+    Buffers: `qweight` uint8 `[out, packed]`, `scales` and `zeros` fp16 `[out, groups]`
+    (zeros in code units, fractional where the method optimised them), `bias` as it was.
+    The forward dequantizes on the fly; the dequantized weight is not kept.
+    """
+
+    def __init__(self, in_features: int, out_features: int, grid: Grid, bias: bool = False,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_features, self.out_features, self.grid = in_features, out_features, grid
+        groups = grid.groups_of(in_features)
+        self.register_buffer("qweight", torch.zeros(out_features, packed_bytes_per_row(in_features, grid.bits),
+                                                    dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=torch.float16))
+        self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+        self.compute_dtype = dtype
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, scales: Tensor, zeros: Tensor, grid: Grid, bias: Tensor | None,
+                   dtype: torch.dtype) -> QuantLinear:
+        """Build from codes `[out, in]` and per-group scales and zeros `[out, groups]`."""
+        out_features, in_features = codes.shape
+        module = cls(in_features, out_features, grid, bias=bias is not None, dtype=dtype)
+        module.qweight.copy_(pack(codes, grid.bits))
+        module.scales.copy_(scales.to(torch.float16))
+        module.zeros.copy_(zeros.to(torch.float16))
+        if bias is not None:
+            module.bias.data.copy_(bias.detach())
+        return module
+
+    format = "quant_linear"
+
+    def layout(self) -> dict:
+        """What `from_layout` needs to rebuild an empty module of this shape."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.grid.bits,
+                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "bias": self.bias is not None}
+
+    @classmethod
+    def from_layout(cls, layout: dict, dtype: torch.dtype) -> QuantLinear:
+        grid = Grid(layout["bits"], layout["group_size"], layout["symmetric"])
+        return cls(layout["in_features"], layout["out_features"], grid, bias=layout["bias"], dtype=dtype)
+
+    def codes(self) -> Tensor:
+        return unpack(self.qweight, self.grid.bits, self.in_features)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The weight `[out, in]` as the codes represent it."""
+        scales = expand(self.scales.float(), self.in_features)
+        zeros = expand(self.zeros.float(), self.in_features)
+        return dequantize_codes(self.codes().float(), scales, zeros).to(dtype or self.compute_dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.dequantize(x.dtype), self.bias if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        size = self.grid.group_size or "channel"
+        return f"in={self.in_features}, out={self.out_features}, bits={self.grid.bits}, group={size}"
+
+    def nbytes(self) -> int:
+        tensors = [self.qweight, self.scales, self.zeros] + ([self.bias] if self.bias is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)

@@ -1,0 +1,67 @@
+"""Slow, literal references for the quantizers, written for the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rtn(w: Tensor, bits: int, group_size: int, symmetric: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Round-to-nearest, one group at a time, with fp16-stored scale and zero."""
+    maxq = 2**bits - 1
+    out_features, in_features = w.shape
+    codes = torch.zeros(out_features, in_features, dtype=torch.uint8)
+    groups = in_features // group_size
+    scales, zeros = torch.zeros(out_features, groups), torch.zeros(out_features, groups)
+    for r in range(out_features):
+        for g in range(groups):
+            values = w[r, g * group_size : (g + 1) * group_size].double()
+            if symmetric:
+                high = values.abs().max().item()
+                low = -high
+            else:
+                low, high = min(values.min().item(), 0.0), max(values.max().item(), 0.0)
+            scale = (high - low) / maxq if high > low else 1.0
+            zero = 2 ** (bits - 1) if symmetric else round(-low / scale)
+            scale = float(torch.tensor(scale).clamp(min=2**-24).half())
+            zero = float(torch.tensor(float(zero)).half())
+            for c in range(group_size):
+                q = round(values[c].item() / scale) + zero
+                codes[r, g * group_size + c] = int(min(max(q, 0), maxq))
+            scales[r, g], zeros[r, g] = scale, zero
+    return codes, scales, zeros
+
+
+def gptq(w: Tensor, h: Tensor, grid, damp: float, act_order: bool) -> Tensor:
+    """GPTQ as sequential OBS: quantize one column, spread its error over the remaining
+    columns with the current inverse Hessian, then eliminate that column from the inverse.
+    No Cholesky, no blocks; float64."""
+    from tcompress.quantize.gptq import group_grid
+
+    w, h = w.double().clone(), h.double().clone()
+    in_features = w.shape[1]
+    size = grid.group_size or in_features
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    grids = {}
+    if act_order:
+        for start in range(0, in_features, size):
+            grids[start // size] = group_grid(w[:, start : start + size], grid)
+    order = torch.argsort(h.diagonal(), descending=True).tolist() if act_order else list(range(in_features))
+    h.diagonal().add_(damp * h.diagonal().mean())
+    hinv = torch.linalg.inv(h)
+    codes = torch.zeros_like(w)
+    remaining = list(order)
+    for column in order:
+        remaining.remove(column)
+        group = column // size
+        if not act_order and column % size == 0:
+            grids[group] = group_grid(w[:, column : column + size], grid)
+        scale, zero = grids[group]
+        q = torch.clamp(torch.round(w[:, column] / scale) + zero, 0, grid.maxq)
+        codes[:, column] = q
+        error = (w[:, column] - (q - zero) * scale) / hinv[column, column]
+        w[:, remaining] -= error[:, None] * hinv[column, remaining][None, :]
+        hinv = hinv - hinv[:, column : column + 1] @ hinv[column : column + 1, :] / hinv[column, column]
+    return codes.to(torch.uint8)

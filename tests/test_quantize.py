@@ -1,0 +1,146 @@
+import pytest
+import torch
+from torch import nn
+
+import tcompress as tc
+from tcompress.quantize import GPTQ, RTN, Grid, QuantLinear, pack, unpack
+from tcompress.quantize.formats import packed_bytes_per_row
+from tcompress.quantize.gptq import gptq_quantize
+from tcompress.quantize.grid import quantize_weight
+
+from conftest import build, example_inputs
+from reference import quant as reference
+
+
+def sqnr_db(reference_tensor, approximation):
+    noise = (reference_tensor - approximation).pow(2).sum()
+    return (10 * torch.log10(reference_tensor.pow(2).sum() / noise)).item()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("shape", [(63, 100), (5, 7), (1, 1)])
+def test_packing_round_trips_for_every_width_and_odd_shape(bits, shape):
+    codes = torch.randint(0, 2**bits, shape, generator=torch.Generator().manual_seed(bits), dtype=torch.int64)
+    packed = pack(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (shape[0], packed_bytes_per_row(shape[1], bits))
+    assert torch.equal(unpack(packed, bits, shape[1]), codes.to(torch.uint8))
+
+
+def test_packed_sizes_are_dense():
+    assert packed_bytes_per_row(64, 4) == 32 and packed_bytes_per_row(64, 2) == 16
+    assert packed_bytes_per_row(64, 3) == 24 and packed_bytes_per_row(64, 8) == 64
+    assert pack(torch.tensor([[1, 2]]), 4).tolist() == [[0x21]]  # first code in the low nibble
+
+
+@pytest.mark.parametrize("bits, group, symmetric", [(4, 25, False), (3, 50, False), (8, 100, True), (2, 20, True)])
+def test_rtn_matches_the_reference(bits, group, symmetric):
+    w = torch.randn(63, 100, generator=torch.Generator().manual_seed(0))
+    codes, scales, zeros = quantize_weight(w, Grid(bits, group, symmetric))
+    ref_codes, ref_scales, ref_zeros = reference.rtn(w, bits, group, symmetric)
+    assert torch.equal(codes, ref_codes)
+    torch.testing.assert_close(scales, ref_scales)
+    torch.testing.assert_close(zeros, ref_zeros)
+
+
+@pytest.mark.parametrize("bits, floor_db", [(8, 40.0), (4, 18.0), (3, 12.0), (2, 5.0)])
+def test_rtn_sqnr_floors_on_a_tiny_model(bits, floor_db):
+    model, original = build("llama"), build("llama")
+    tc.apply(model, RTN(bits=bits, group_size=32))
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            assert sqnr_db(original.get_submodule(name).weight, module.dequantize()) > floor_db, name
+
+
+def hessian_case(seed=0, out=33, n_in=96):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(n_in, n_in, generator=g) / n_in**0.5 + torch.eye(n_in)
+    x = torch.randn(512, n_in, generator=g) @ mix * torch.linspace(0.1, 3, n_in)  # correlated, uneven scales
+    x[:, 5] = 0  # a dead input
+    w = torch.randn(out, n_in, generator=g)
+    return w, x, 2 * x.t() @ x / len(x)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("bits, group", [(4, 32), (3, 48), (2, None)])
+def test_gptq_codes_equal_the_literal_obs_reference(act_order, bits, group):
+    w, _, h = hessian_case()
+    grid = Grid(bits, group)
+    codes, _, _ = gptq_quantize(w.double(), h.double(), grid, block_size=16, damp=0.01, act_order=act_order)
+    expected = reference.gptq(w, h, grid, damp=0.01, act_order=act_order)
+    assert torch.equal(codes, expected)
+
+
+def test_gptq_beats_rtn_on_the_layer_output_error():
+    w, x, h = hessian_case(seed=1)
+    grid = Grid(3, 32)
+    linear = nn.Linear(96, 33, bias=False)
+    linear.weight.data.copy_(w)
+    rtn = RTN(bits=3, group_size=32).apply(linear, None, "l").dequantize()
+    codes, scales, zeros = gptq_quantize(w, h, grid)
+    gptq = QuantLinear.from_codes(codes, scales, zeros, grid, None, torch.float32).dequantize()
+    error = lambda q: (x @ (w - q).t()).pow(2).mean().item()  # noqa: E731
+    assert error(gptq) < 0.7 * error(rtn)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gpt2", "bert", "vit"])
+def test_gptq_runs_on_every_family_and_stays_close(family):
+    model, original = build(family), build(family)
+    inputs = example_inputs(family, batch=4)
+    calib = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(4)]
+    tc.apply(model, GPTQ(bits=8, group_size=32), calib, progress=False)
+    quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(quantized) == len(tc.adapter(original).blocks()) * len(tc.adapter(original).blocks()[0].linears)
+    with torch.no_grad():
+        out, ref = tc.calib.call_model(model, inputs), tc.calib.call_model(original, inputs)
+    key = "logits" if "logits" in out else "last_hidden_state"
+    assert sqnr_db(ref[key], out[key]) > 25
+
+
+def test_quantized_model_saves_packed_and_loads_bit_exactly(tmp_path, tokenizer):
+    model = build("llama")
+    float_bytes = tc.eval.latency.tensor_bytes(model)
+    tc.apply(model, RTN(bits=4, group_size=32))
+    assert tc.eval.latency.tensor_bytes(model) < float_bytes
+    tc.save(model, tmp_path / "q", tokenizer)
+    loaded, _ = tc.load(tmp_path / "q")
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            other = loaded.get_submodule(name)
+            assert isinstance(other, QuantLinear)
+            assert torch.equal(other.qweight, module.qweight) and torch.equal(other.scales, module.scales)
+    ids = example_inputs("llama")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_w4_g64_bytes_are_within_5_percent_of_ideal():
+    layer = nn.Linear(576, 1536, bias=False)
+    q = RTN(bits=4, group_size=64).apply(layer, None, "x")
+    ideal = 1536 * 576 * 4 / 8 + 1536 * (576 // 64) * 2 * 2  # codes + fp16 scales and zeros
+    assert q.nbytes() == pytest.approx(ideal, rel=0.05)
+    assert q.nbytes() / (1536 * 576 * 4) < 0.15  # vs fp32
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"bits": 0}, "bits must be one of"), ({"bits": 1}, "bits must be one of"), ({"bits": 9}, "bits must be one of"),
+    ({"group_size": 0}, "group_size must be"), ({"damp": 1.5}, "damp must be"),
+])
+def test_bad_quantizer_settings_are_refused_at_once(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GPTQ(**kwargs)
+
+
+def test_group_size_that_does_not_divide_is_refused_before_work():
+    model = build("llama")  # hidden 64, intermediate 96
+    with pytest.raises(ValueError, match=r"group_size=48 does not divide the input dimension 64"):
+        tc.apply(model, RTN(bits=4, group_size=48))
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())  # untouched
+
+
+def test_gptq_needs_data_and_unknown_methods_are_named():
+    with pytest.raises(ValueError, match="needs calibration data"):
+        tc.apply(build("llama"), GPTQ())
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        tc.apply(build("llama"), {"method": "nope"})
+    with pytest.raises(ValueError, match="selects no linear"):
+        tc.apply(build("llama"), RTN(exclude=("*",)))
