@@ -104,6 +104,42 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    import time
+
+    import tcompress as tc
+    from tcompress.eval.latency import tensor_bytes
+    from tcompress.report import format_table
+
+    method = tc.methods.method_from({"method": args.method, "bits": args.bits, "group_size": args.group_size,
+                                     "symmetric": args.symmetric, "mse": args.mse})
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; expected a folder")
+    model, tok = tc.load(args.model)
+    calib = (tc.data.calibration(args.calib, tok, n=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
+             if method.needs_data else None)
+    rows = [{"model": "float", "MB in memory": tensor_bytes(model) / 2**20}]
+    if args.eval:
+        windows = tc.data.windows(args.eval, tok, seqlen=args.eval_seqlen, limit=args.eval_windows)
+        rows[0]["perplexity"] = tc.eval.perplexity(model, tok, windows, seqlen=args.eval_seqlen)
+    start = time.perf_counter()
+    tc.apply(model, method, calib)
+    seconds = time.perf_counter() - start
+    tc.save(model, out)
+    disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    rows.append({"model": f"{args.method} W{args.bits} g{args.group_size or 'channel'}",
+                 "MB in memory": tensor_bytes(model) / 2**20, "MB on disk": disk / 2**20, "seconds": seconds})
+    if args.eval:
+        rows[1]["perplexity"] = tc.eval.perplexity(model, tok, windows, seqlen=args.eval_seqlen)
+    print(format_table([{key: row.get(key) for key in rows[1]} for row in rows]))
+    print(f"\nwrote {out}")
+
+
+def _group_size(text: str) -> int | None:
+    return None if text == "channel" else _positive(text)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -156,6 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     bench.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
     bench.set_defaults(run=cmd_bench)
+
+    quantize = commands.add_parser("quantize", help="quantize weights (packed int storage) and save the model",
+                                   epilog=EPILOG)
+    quantize.add_argument("model", metavar="MODEL")
+    quantize.add_argument("--method", default="gptq", choices=["rtn", "gptq"], help="default gptq")
+    quantize.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8 (default 4)")
+    quantize.add_argument("--group-size", type=_group_size, default=64,
+                          help="input channels per scale, or 'channel' for per-channel (default 64)")
+    quantize.add_argument("--symmetric", action="store_true", help="symmetric grid (default asymmetric)")
+    quantize.add_argument("--mse", action="store_true", help="search each group's clipping range")
+    quantize.add_argument("--calib", default="pydoc", help="calibration text: corpus name or file (default pydoc)")
+    quantize.add_argument("--calib-samples", type=_positive, default=128, help="default 128")
+    quantize.add_argument("--calib-seqlen", type=_positive, default=512, help="default 512")
+    quantize.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default 0)")
+    quantize.add_argument("--eval", metavar="DATA", help="also print perplexity before and after on DATA")
+    quantize.add_argument("--eval-windows", type=_positive, default=16, help="default 16")
+    quantize.add_argument("--eval-seqlen", type=_positive, default=2048, help="default 2048")
+    quantize.add_argument("--out", required=True, help="folder to save the quantized model to")
+    quantize.set_defaults(run=cmd_quantize)
     return parser
 
 

@@ -60,3 +60,24 @@ def test_bad_numbers_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as exit:
         main(argv)
     assert exit.value.code == 2 and "expected" in capsys.readouterr().err
+
+
+def test_quantize_saves_a_packed_model_and_reports_sizes(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["-q", "quantize", tiny_folder, "--method", "gptq", "--bits", "4", "--group-size", "32",
+                 "--calib-samples", "4", "--calib-seqlen", "32", "--eval", "pydoc", "--eval-windows", "1",
+                 "--eval-seqlen", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "gptq W4 g32" in printed and "perplexity" in printed
+    model, _ = tc.load(out)
+    assert isinstance(model.model.layers[0].mlp.down_proj, tc.quantize.QuantLinear)
+    assert model.tc_record.applied[0]["method"] == "gptq"
+
+
+def test_quantize_refuses_bad_settings_before_loading(tiny_folder, tmp_path, capsys):
+    assert main(["-q", "quantize", tiny_folder, "--bits", "5", "--out", str(tmp_path / "q")]) == 2
+    assert "bits must be one of" in capsys.readouterr().err
+    assert main(["-q", "quantize", tiny_folder, "--group-size", "48", "--method", "rtn",
+                 "--out", str(tmp_path / "q")]) == 2
+    assert "does not divide" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

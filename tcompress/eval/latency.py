@@ -64,7 +64,7 @@ class BenchRow:
     seqlen: int
     latency_ms: float  # per forward; per generated token for decode
     throughput: float  # tokens/s (LM phases) or items/s (forward)
-    peak_memory_mb: float  # above the memory held before the run
+    peak_memory_mb: float  # peak resident set (CPU) or allocated memory (CUDA) during the run
 
 
 @dataclass
@@ -128,7 +128,8 @@ def parameter_count(model: nn.Module) -> int:
 
 
 class PeakMemory:
-    """Peak memory above the starting point while the `with` body runs."""
+    """Peak memory while the `with` body runs: allocated bytes on CUDA, the process's
+    resident set on CPU (weights included: what the machine must have)."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak = device, 0
@@ -136,26 +137,24 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
             return self
         self.process, self.running = psutil.Process(), True
-        self.base = self.process.memory_info().rss
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
         return self
 
     def _sample(self) -> None:
         while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss - self.base)
+            self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(0.002)
 
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+            self.peak = torch.cuda.max_memory_allocated(self.device)
             return
         self.running = False
         self.thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss - self.base)
+        self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 def _timed(fn: Callable[[], Any], settings: BenchSettings, device: torch.device) -> list[float]:
@@ -186,10 +185,12 @@ def _bench_causal_lm(name: str, model: nn.Module, batch: int, settings: BenchSet
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (batch, settings.seqlen), generator=torch.Generator().manual_seed(0)).to(device)
     cache_name = _cache_name(model)
+    # as generation does: logits of the last prompt position only
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     decode_times: list[float] = []
 
     def prefill() -> Any:
-        return model(input_ids=prompt, use_cache=True)
+        return model(input_ids=prompt, use_cache=True, **last_only)
 
     def prefill_and_decode() -> None:
         out = prefill()

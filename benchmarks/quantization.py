@@ -1,0 +1,107 @@
+"""Weight quantization on the default model (and MiniLM), one run, one table.
+
+    python benchmarks/quantization.py [--data ../shared/data] [--calib pydoc] [--configs rtn:4:64,gptq:3:64]
+
+For each config (method:bits:group, group `c` = per-channel; a trailing `:mse` searches
+clipping ranges): WikiText-2 perplexity (first 16 windows of 2048 tokens), compression
+wall time, peak RSS, bytes of the quantized linears and of the whole model on disk.
+Calibration: 128 x 512 tokens of `--calib`, seed 0. MiniLM rows give the STS-B Spearman.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import tcompress as tc
+from tcompress.eval.latency import PeakMemory
+from tcompress.quantize import QuantLinear
+
+DEFAULT_CONFIGS = "rtn:4:c,gptq:4:c,rtn:4:64,gptq:4:64,rtn:3:64,gptq:3:64,gptq:3:64:mse,rtn:2:64,gptq:2:64:mse"
+MINILM_CONFIGS = "rtn:4:64,gptq:4:64,rtn:3:64,gptq:3:64"
+
+
+def parse_config(text: str) -> dict:
+    parts = text.split(":")
+    method, bits, group = parts[:3]
+    return {"method": method, "bits": int(bits), "group_size": None if group == "c" else int(group),
+            "mse": "mse" in parts[3:]}
+
+
+def label(config: dict) -> str:
+    group = "channel" if config["group_size"] is None else f"g{config['group_size']}"
+    return f"{config['method']} W{config['bits']} {group}" + (" mse" if config["mse"] else "")
+
+
+def disk_megabytes(model) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        tc.save(model, Path(tmp) / "m")
+        return sum(f.stat().st_size for f in (Path(tmp) / "m").glob("*.safetensors")) / 2**20
+
+
+def quantized_megabytes(model) -> float:
+    return sum(m.nbytes() for m in model.modules() if isinstance(m, QuantLinear)) / 2**20
+
+
+def run(model, config: dict, calib, measure) -> dict:
+    quantized = copy.deepcopy(model)
+    method = tc.methods.method_from(config)
+    with PeakMemory(next(model.parameters()).device) as memory:
+        start = time.perf_counter()
+        tc.apply(quantized, method, calib if method.needs_data else None)
+        seconds = time.perf_counter() - start
+    row = {"setting": label(config), "quality": measure(quantized), "seconds": seconds,
+           "peak_rss_mb": memory.peak / 2**20, "linears_mb": quantized_megabytes(quantized),
+           "disk_mb": disk_megabytes(quantized)}
+    print(tc.report.format_table([row]), flush=True)
+    return row
+
+
+def llm_table(args) -> list[dict]:
+    model, tok = tc.load(args.model)
+    calib = tc.data.calibration(args.calib, tok, n=128, seqlen=512, seed=0)
+    windows = tc.data.windows(Path(args.data) / "wikitext2" / "wiki.test.raw", tok, seqlen=2048, limit=args.windows)
+    measure = lambda m: tc.eval.perplexity(m, tok, windows, seqlen=2048, progress=False)  # noqa: E731
+    rows = [{"setting": "fp32", "quality": measure(model), "seconds": 0.0, "peak_rss_mb": None, "linears_mb": None,
+             "disk_mb": disk_megabytes(model)}]
+    print(tc.report.format_table(rows), flush=True)
+    return rows + [run(model, parse_config(c), calib, measure) for c in args.configs.split(",")]
+
+
+def minilm_table(args) -> list[dict]:
+    model, tok = tc.load("minilm")
+    calib = tc.data.calibration(args.calib, tok, n=128, seqlen=128, seed=0)
+    stsb = Path(args.data) / "glue" / "stsb" / "dev.tsv"
+    measure = lambda m: tc.eval.stsb_spearman(m, tok, stsb)  # noqa: E731
+    rows = [{"setting": "fp32", "quality": measure(model), "seconds": 0.0, "peak_rss_mb": None, "linears_mb": None,
+             "disk_mb": disk_megabytes(model)}]
+    return rows + [run(model, parse_config(c), calib, measure) for c in args.minilm_configs.split(",") if c]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--calib", default="pydoc")
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS)
+    parser.add_argument("--minilm-configs", default=MINILM_CONFIGS, help="empty to skip MiniLM")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    results = {"llm": llm_table(args), "minilm": minilm_table(args) if args.minilm_configs else []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quantization.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{args.model}: WikiText-2 perplexity ({args.windows} x 2048), calibration {args.calib} 128 x 512")
+    print(tc.report.format_table(results["llm"]))
+    if results["minilm"]:
+        print("\nminilm: STS-B dev Spearman")
+        print(tc.report.format_table(results["minilm"]))
+
+
+if __name__ == "__main__":
+    main()
