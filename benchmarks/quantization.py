@@ -2,8 +2,8 @@
 
     python benchmarks/quantization.py [--data ../shared/data] [--calib pydoc] [--configs rtn:4:64,gptq:3:64]
 
-For each config (method:bits:group, group `c` = per-channel; a trailing `:mse` searches
-clipping ranges): WikiText-2 perplexity (first 16 windows of 2048 tokens), compression
+For each config (method:bits:group[:search], group `c` = per-channel, search minmax, mse
+or hqq): WikiText-2 perplexity (first 16 windows of 2048 tokens), compression
 wall time, peak RSS, bytes of the quantized linears and of the whole model on disk.
 Calibration: 128 x 512 tokens of `--calib`, seed 0. MiniLM rows give the STS-B Spearman.
 """
@@ -29,12 +29,12 @@ def parse_config(text: str) -> dict:
     parts = text.split(":")
     method, bits, group = parts[:3]
     return {"method": method, "bits": int(bits), "group_size": None if group == "c" else int(group),
-            "mse": "mse" in parts[3:]}
+            "search": parts[3] if len(parts) > 3 else "minmax"}
 
 
 def label(config: dict) -> str:
     group = "channel" if config["group_size"] is None else f"g{config['group_size']}"
-    return f"{config['method']} W{config['bits']} {group}" + (" mse" if config["mse"] else "")
+    return f"{config['method']} W{config['bits']} {group}" + (f" {config['search']}" if config["search"] != "minmax" else "")
 
 
 def disk_megabytes(model) -> float:

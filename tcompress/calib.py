@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tcompress.methods import BlockMethod, LinearMethod, Method, replace_module
-from tcompress.models.adapters import Block, adapter
+from tcompress.models.adapters import Block, adapter, linear_weight
 
 Calibration = Tensor | list[Any]  # [n, seqlen] token ids, or a list of model inputs
 
@@ -137,43 +137,76 @@ class BlockRunner:
 
 
 def observe_and_apply(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
-                      run: BlockRunner) -> None:
+                      run: BlockRunner) -> dict[str, nn.Module]:
     """Hand each selected linear's inputs to the method, then let it change the linear.
 
-    Each pass over the block stops as soon as every observed linear has had its input, so
-    observing the first group of a block costs a fraction of a full pass."""
+    Returns the replacement modules (e.g. packed ones) to put in place once the block is
+    done; until then each replaced linear computes with its replacement's weight."""
     groups = block.groups() if method.true_sequential else [block.linears]
+    replacements = {}
     for group in groups:
         chosen = {name: linear for name, linear in group.items() if method.selects(name, linear)}
         if not chosen:
             continue
-        stats = {name: method.init_stats(linear) for name, linear in chosen.items()}
-        fired: set[str] = set()
-        handles = [linear.register_forward_hook(_observer(method, stats, name, fired, len(chosen)))
-                   for name, linear in chosen.items()]
-        try:
-            for index in range(len(inputs)):
-                fired.clear()
-                with contextlib.suppress(_StopForward):
-                    run(inputs, index)
-        finally:
-            for handle in handles:
-                handle.remove()
+        stats = observe(method, chosen, inputs, run)
         for name, linear in chosen.items():
             new = method.apply(linear, stats.pop(name), name)
             if new is not None and new is not linear:
-                replace_module(model, name, new)
+                replacements[name] = new
+                if not _stand_in(linear, new):
+                    replace_module(model, name, new)
+    return replacements
 
 
-def _observer(method: LinearMethod, stats: dict[str, Any], name: str, fired: set[str], wanted: int) -> Callable:
-    def hook(module: nn.Module, args: tuple, output: Any) -> None:
-        x = args[0]
-        stats[name] = method.observe(stats[name], x.reshape(-1, x.shape[-1]))
-        fired.add(name)
-        if len(fired) == wanted:
-            raise _StopForward  # the rest of the block is not needed for this group
+def _stand_in(linear: nn.Module, new: nn.Module) -> bool:
+    """Give `linear` the weight `new` computes with, so the block's later passes need not
+    unpack it on every call; False where `new` has no such weight."""
+    if not hasattr(new, "dequantize"):
+        return False
+    linear_weight(linear).copy_(new.dequantize(linear.weight.dtype))
+    return True
 
-    return hook
+
+def observe(method: LinearMethod, linears: dict[str, nn.Module], inputs: BlockInputs,
+            run: BlockRunner) -> dict[str, Any]:
+    """Statistics of each linear's inputs over all batches.
+
+    Each pass stops as soon as every linear has had its input, so observing the first group
+    of a block costs a fraction of a full pass. Linears fed the very same tensor (q, k and
+    v; gate and up) share one statistic when the method says its statistics depend on the
+    input alone."""
+    stats = {name: method.init_stats(linear) for name, linear in linears.items()}
+    fed: dict[tuple, str] = {}  # input tensor -> the first linear it fed, in this pass
+    done: set[str] = set()  # linears that had their input, in this pass
+    aliases: dict[str, str] = {}
+
+    def hook(name: str) -> Callable:
+        def observe_input(module: nn.Module, args: tuple, output: Any) -> None:
+            x = args[0]
+            first = fed.setdefault((x.data_ptr(), x.shape, x.stride()), name)
+            if method.input_only_stats and first != name:
+                aliases[name] = first
+            else:
+                stats[name] = method.observe(stats[name], x.reshape(-1, x.shape[-1]))
+            done.add(name)
+            if len(done) == len(linears):
+                raise _StopForward  # the rest of the block is not needed for these linears
+
+        return observe_input
+
+    handles = [linear.register_forward_hook(hook(name)) for name, linear in linears.items()]
+    try:
+        for index in range(len(inputs)):
+            fed.clear()
+            done.clear()
+            with contextlib.suppress(_StopForward):
+                run(inputs, index)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, first in aliases.items():
+        stats[name] = stats[first]
+    return stats
 
 
 def sequential(model: nn.Module, calib: Calibration, method: Method | None = None, *, batch_size: int = 1,
@@ -191,15 +224,24 @@ def sequential(model: nn.Module, calib: Calibration, method: Method | None = Non
     desc = f"{method.name} by block" if method else "blocks"
     for block in tqdm(blocks, desc=desc, disable=not progress):
         with _placed(block.module, device):
-            run = BlockRunner(block.module, device, offload)
+            run = BlockRunner(block.module, device or _home(block.module), offload)
+            replacements = {}
             if isinstance(method, LinearMethod):
-                observe_and_apply(method, model, block, inputs, run)
+                replacements = observe_and_apply(method, model, block, inputs, run)
             elif isinstance(method, BlockMethod):
                 method.apply_block(block, inputs, run)
             run.propagate(inputs)
+            for name, new in replacements.items():
+                replace_module(model, name, new)
         if on_block is not None:
             on_block(block, inputs.hidden)
     return inputs.hidden
+
+
+def _home(module: nn.Module) -> torch.device | None:
+    """Where a block's weights are; None where accelerate's hooks place them (meta)."""
+    tensor = next(module.parameters(), None)
+    return None if tensor is None or tensor.is_meta else tensor.device
 
 
 @contextlib.contextmanager

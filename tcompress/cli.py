@@ -112,7 +112,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from tcompress.report import format_table
 
     method = tc.methods.method_from({"method": args.method, "bits": args.bits, "group_size": args.group_size,
-                                     "symmetric": args.symmetric, "mse": args.mse})
+                                     "symmetric": args.symmetric, "search": args.search})
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; expected a folder")
@@ -196,12 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser("quantize", help="quantize weights (packed int storage) and save the model",
                                    epilog=EPILOG)
     quantize.add_argument("model", metavar="MODEL")
-    quantize.add_argument("--method", default="gptq", choices=["rtn", "gptq"], help="default gptq")
+    quantize.add_argument("--method", default="gptq", choices=["rtn", "gptq", "hqq"],
+                          help="default gptq; hqq = RTN with HQQ-optimised zeros, no data")
     quantize.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8 (default 4)")
     quantize.add_argument("--group-size", type=_group_size, default=64,
                           help="input channels per scale, or 'channel' for per-channel (default 64)")
     quantize.add_argument("--symmetric", action="store_true", help="symmetric grid (default asymmetric)")
-    quantize.add_argument("--mse", action="store_true", help="search each group's clipping range")
+    quantize.add_argument("--search", default="minmax", choices=["minmax", "mse", "hqq"],
+                          help="each group's grid: min-max, clipping search, or HQQ zero optimisation")
     quantize.add_argument("--calib", default="pydoc", help="calibration text: corpus name or file (default pydoc)")
     quantize.add_argument("--calib-samples", type=_positive, default=128, help="default 128")
     quantize.add_argument("--calib-seqlen", type=_positive, default=512, help="default 512")

@@ -41,6 +41,7 @@ class LinearMethod(Method):
     """A method applied to each selected linear, from statistics of its inputs."""
 
     true_sequential: ClassVar[bool] = False  # observe each group after the ones before changed
+    input_only_stats: ClassVar[bool] = False  # stats depend on the input alone: linears fed one tensor share them
     exclude: tuple[str, ...] = ()  # fnmatch patterns of linear names left alone
 
     def selects(self, name: str, linear: nn.Module) -> bool:

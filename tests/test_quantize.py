@@ -144,3 +144,63 @@ def test_gptq_needs_data_and_unknown_methods_are_named():
         tc.apply(build("llama"), {"method": "nope"})
     with pytest.raises(ValueError, match="selects no linear"):
         tc.apply(build("llama"), RTN(exclude=("*",)))
+
+
+def test_hqq_zero_matches_the_elementwise_reference():
+    from tcompress.quantize.grid import fit_range
+    from tcompress.quantize.hqq import hqq_zero
+
+    w = torch.randn(6, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    w[0, 3] = 9.0  # an outlier
+    grid = Grid(3, 64)
+    scale, zero = fit_range(w, grid)
+    # a few iterations: later ones may round a code that sits on .5 differently
+    got = hqq_zero(w, scale, zero, grid.maxq, iterations=5)
+    for r in range(6):
+        expected = reference.hqq_zero(w[r], scale[r].item(), zero[r].item(), grid.maxq, iterations=5)
+        assert got[r].item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_hqq_lowers_the_weight_error_of_rtn():
+    layer = nn.Linear(256, 64, bias=False)
+    torch.nn.init.normal_(layer.weight, generator=torch.Generator().manual_seed(0))
+    error = lambda q: (layer.weight - q.dequantize()).abs().mean().item()  # noqa: E731
+    plain = RTN(bits=3, group_size=64).apply(layer, None, "l")
+    hqq = tc.quantize.HQQ(bits=3, group_size=64).apply(layer, None, "l")
+    assert error(hqq) < 0.97 * error(plain)
+    assert not torch.equal(hqq.zeros, hqq.zeros.round())  # fractional zeros, stored
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Grid(4, 64, symmetric=True, search="hqq"), "needs symmetric=False"),
+    (lambda: Grid(4, 64, search="best"), "search must be one of"),
+    (lambda: tc.quantize.HQQ(search="mse"), "use RTN"),
+])
+def test_bad_search_settings(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_gptq_through_the_engine_uses_each_linears_true_hessian():
+    """Block 0's q/k/v (one shared Hessian) and gate (after q/k/v/o were quantized)."""
+    model, original = build("llama"), build("llama")
+    ids = example_inputs("llama", batch=3)["input_ids"]
+    method = GPTQ(bits=4, group_size=32)
+    tc.apply(model, method, ids, progress=False)
+    seen = {}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: seen.setdefault(n, []).append(a[0]))
+             for n in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.gate_proj")]
+    with torch.no_grad():
+        for sample in ids:
+            model(sample[None])  # the quantized model feeds gate_proj what the engine saw
+    for hook in hooks:
+        hook.remove()
+    for observed, targets in [("model.layers.0.self_attn.q_proj", ("q_proj", "k_proj", "v_proj")),
+                              ("model.layers.0.mlp.gate_proj", ("gate_proj",))]:
+        x = torch.cat([t.reshape(-1, 64) for t in seen[observed]])
+        h = 2 * x.t() @ x / len(x)
+        for target in targets:
+            part = "self_attn" if target != "gate_proj" else "mlp"
+            name = f"model.layers.0.{part}.{target}"
+            expected, _, _ = gptq_quantize(original.get_submodule(name).weight.detach(), h, method.grid)
+            assert torch.equal(model.get_submodule(name).codes(), expected), name

@@ -3,6 +3,7 @@
 from tcompress.quantize.formats import QuantLinear, pack, unpack
 from tcompress.quantize.gptq import GPTQ
 from tcompress.quantize.grid import Grid
+from tcompress.quantize.hqq import HQQ
 from tcompress.quantize.rtn import RTN
 
-__all__ = ["QuantLinear", "pack", "unpack", "Grid", "GPTQ", "RTN"]
+__all__ = ["QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN"]

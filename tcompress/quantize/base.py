@@ -20,7 +20,7 @@ class WeightQuantizer(LinearMethod):
     bits: int = 4
     group_size: int | None = 64  # None: per output channel
     symmetric: bool = False
-    mse: bool = False  # search the clipping range per group
+    search: str = "minmax"  # each group's grid: minmax, mse (clip search) or hqq (zero optimised)
     exclude: tuple[str, ...] = ()  # fnmatch patterns of linear names left in float
 
     def __post_init__(self) -> None:
@@ -28,7 +28,7 @@ class WeightQuantizer(LinearMethod):
 
     @property
     def grid(self) -> Grid:
-        return Grid(self.bits, self.group_size, self.symmetric, self.mse)
+        return Grid(self.bits, self.group_size, self.symmetric, self.search)
 
     def check(self, name: str, linear: nn.Module) -> None:
         """Refuse a linear the grid cannot cover, naming it."""

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tcompress.methods import register
 from tcompress.quantize.base import WeightQuantizer
 from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid, as_stored, fit_range, quantize_codes, search_range
+from tcompress.quantize.grid import Grid, choose_grid, quantize_codes
 
 
 @dataclass
@@ -33,8 +33,7 @@ class HessianStats:
 
 def group_grid(w: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
     """Scale and zero `[out]` for one group of columns `w` `[out, size]`."""
-    scale, zero = search_range(w, grid) if grid.mse else fit_range(w, grid)
-    return as_stored(scale, zero)
+    return tuple(t.to(w.dtype) for t in choose_grid(w, grid))
 
 
 def inverse_hessian_factor(h: Tensor, damp: float) -> Tensor:
@@ -66,11 +65,12 @@ def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, da
     w, h = w[:, order], h[order][:, order]
     factor = inverse_hessian_factor(h, damp)
     codes = torch.zeros_like(w)
+    columns = order.tolist()
     for start in range(0, in_features, block_size):
         end = min(start + block_size, in_features)
         errors = torch.zeros(out_features, end - start, dtype=w.dtype)
         for i in range(start, end):
-            column, group = order[i].item(), order[i].item() // size
+            column, group = columns[i], columns[i] // size
             if not act_order and column % size == 0:  # dynamic groups: grid from the updated weight
                 scales[:, group], zeros[:, group] = group_grid(w[:, i : i + size], grid)
             scale, zero = scales[:, group : group + 1], zeros[:, group : group + 1]
@@ -91,6 +91,7 @@ class GPTQ(WeightQuantizer):
     after the groups before it were quantized."""
 
     name = "gptq"
+    input_only_stats = True  # the Hessian is the inputs' alone: q, k and v share one
     block_size: int = 128
     damp: float = 0.01  # fraction of the mean Hessian diagonal added to it
     act_order: bool = True

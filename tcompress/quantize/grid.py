@@ -3,11 +3,12 @@
 A weight `[out, in]` is cut into groups of `group_size` consecutive input channels per
 output row (`group_size=None`: one group per row, i.e. per-channel). Each group gets a
 scale `s` and a zero point `z` in code units; a weight `w` is stored as the code
-`q = clamp(round(w / s) + z, 0, 2^bits - 1)` and read back as `(q - z) * s`.
+`q = clamp(round(w / s + z), 0, 2^bits - 1)` and read back as `(q - z) * s`.
 Asymmetric grids fit [min, max] of the group (zero is an integer code); symmetric grids fit
-[-absmax, absmax] with `z = 2^(bits-1)`. The optional MSE search shrinks the range and
-keeps, per group, the shrink factor with the smallest squared error (the `clip` search of
-GPTQ's and AWQ's reference code).
+[-absmax, absmax] with `z = 2^(bits-1)`. Each group's grid comes from one of the searches:
+`minmax` (as above), `mse` (shrink the range, keep per group the shrink factor with the
+smallest error: the clip search of GPTQ's and AWQ's reference code), or `hqq` (optimise
+the zero point by half-quadratic splitting, see `hqq.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 SUPPORTED_BITS = (2, 3, 4, 8)
+SEARCHES = ("minmax", "mse", "hqq")
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,13 @@ class Grid:
     bits: int = 4
     group_size: int | None = 64  # None: per output channel
     symmetric: bool = False
-    mse: bool = False  # search a shrunken range per group that minimises squared error
+    search: str = "minmax"  # how each group's grid is chosen: minmax, mse or hqq
 
     def __post_init__(self) -> None:
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
+        if self.search == "hqq" and self.symmetric:
+            raise ValueError("search='hqq' optimises the zero point, so it needs symmetric=False")
         if isinstance(self.bits, bool) or self.bits not in SUPPORTED_BITS:
             raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
         if self.group_size is not None and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
@@ -78,8 +84,9 @@ def scale_zero(low: Tensor, high: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
 
 
 def quantize_codes(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
-    """Codes of `w` `[rows, cols]` with per-row `scale`, `zero` `[rows, 1]`."""
-    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+    """Codes of `w` `[rows, cols]` with per-row `scale`, `zero` `[rows, 1]` (zero may be
+    fractional, as HQQ leaves it)."""
+    return torch.clamp(torch.round(w / scale + zero), 0, maxq)
 
 
 def dequantize_codes(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
@@ -111,9 +118,22 @@ def group_params(w: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
     out_features, in_features = w.shape
     groups = grid.groups_of(in_features)
     rows = w.reshape(out_features * groups, in_features // groups)
-    scale, zero = search_range(rows, grid) if grid.mse else fit_range(rows, grid)
-    scale, zero = as_stored(scale, zero)
+    scale, zero = choose_grid(rows, grid)
     return scale.view(out_features, groups), zero.view(out_features, groups)
+
+
+def choose_grid(rows: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
+    """Scale and zero `[rows]` for each row of `rows` by the grid's search, as stored."""
+    if grid.search == "mse":
+        scale, zero = search_range(rows, grid)
+    elif grid.search == "hqq":
+        from tcompress.quantize.hqq import hqq_zero
+
+        scale, zero = fit_range(rows, grid)
+        zero = hqq_zero(rows.float(), scale, zero, grid.maxq)
+    else:
+        scale, zero = fit_range(rows, grid)
+    return as_stored(scale, zero)
 
 
 def as_stored(scale: Tensor, zero: Tensor) -> tuple[Tensor, Tensor]:

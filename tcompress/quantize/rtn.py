@@ -1,7 +1,7 @@
 """Round-to-nearest: each weight group mapped onto its own uniform grid, no data needed.
 
-The floor every other method must beat; with `mse=True` the range of each group is shrunk
-to minimise the rounding error (the clip search of GPTQ's and AWQ's reference code)."""
+The floor every other method must beat; `search="mse"` shrinks each group's range to
+minimise the rounding error, `search="hqq"` optimises its zero point (see `hqq.py`)."""
 
 from __future__ import annotations
 

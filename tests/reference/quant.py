@@ -59,9 +59,26 @@ def gptq(w: Tensor, h: Tensor, grid, damp: float, act_order: bool) -> Tensor:
         if not act_order and column % size == 0:
             grids[group] = group_grid(w[:, column : column + size], grid)
         scale, zero = grids[group]
-        q = torch.clamp(torch.round(w[:, column] / scale) + zero, 0, grid.maxq)
+        q = torch.clamp(torch.round(w[:, column] / scale + zero), 0, grid.maxq)
         codes[:, column] = q
         error = (w[:, column] - (q - zero) * scale) / hinv[column, column]
         w[:, remaining] -= error[:, None] * hinv[column, remaining][None, :]
         hinv = hinv - hinv[:, column : column + 1] @ hinv[column : column + 1, :] / hinv[column, column]
     return codes.to(torch.uint8)
+
+
+def hqq_zero(row: Tensor, scale: float, zero: float, maxq: int, p=0.7, beta=10.0, kappa=1.01, iterations=20) -> float:
+    """HQQ's zero-point iteration for one row, element by element."""
+    best_zero, best_error = zero, float("inf")
+    for _ in range(iterations):
+        q = [min(max(round(v / scale + zero), 0), maxq) for v in row.tolist()]
+        restored = [(c - zero) * scale for c in q]
+        residual = [v - r for v, r in zip(row.tolist(), restored)]
+        error = sum(abs(r) for r in residual) / len(residual)
+        if error < best_error:
+            best_zero, best_error = zero, error
+        shrunk = [(1 if r > 0 else -1 if r < 0 else 0) * max(abs(r) - max(abs(r), 1e-12) ** (p - 1) / beta, 0.0)
+                  for r in residual]
+        zero = sum(c - (v - e) / scale for c, v, e in zip(q, row.tolist(), shrunk)) / len(q)
+        beta *= kappa
+    return best_zero
