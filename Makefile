@@ -21,8 +21,10 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/tcompress info default
-	$(BIN)/tcompress eval default --data $(DEMO_DATA) --seqlen 2048 --windows 4
-	$(BIN)/tcompress bench default --batch-sizes 1,4,16 --repeats 3 --out runs/demo
+	$(BIN)/tcompress quantize default --method gptq --bits 4 --group-size 64 --calib-samples 32 \
+		--eval $(DEMO_DATA) --eval-windows 4 --out runs/demo/gptq-w4g64
+	$(BIN)/tcompress bench default runs/demo/gptq-w4g64 --batch-sizes 1,4,16 --seqlen 64 --new-tokens 8 \
+		--repeats 2 --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -176,14 +176,14 @@ def observe(method: LinearMethod, linears: dict[str, nn.Module], inputs: BlockIn
     v; gate and up) share one statistic when the method says its statistics depend on the
     input alone."""
     stats = {name: method.init_stats(linear) for name, linear in linears.items()}
-    fed: dict[tuple, str] = {}  # input tensor -> the first linear it fed, in this pass
+    fed: dict[int, tuple[Tensor, str]] = {}  # id of an input -> (the input, kept alive; first linear it fed)
     done: set[str] = set()  # linears that had their input, in this pass
     aliases: dict[str, str] = {}
 
     def hook(name: str) -> Callable:
         def observe_input(module: nn.Module, args: tuple, output: Any) -> None:
             x = args[0]
-            first = fed.setdefault((x.data_ptr(), x.shape, x.stride()), name)
+            _, first = fed.setdefault(id(x), (x, name))  # holding x: its id is not reused this pass
             if method.input_only_stats and first != name:
                 aliases[name] = first
             else:
