@@ -47,6 +47,10 @@ def pack(codes: Tensor, bits: int) -> Tensor:
 def unpack(packed: Tensor, bits: int, n: int) -> Tensor:
     """Inverse of `pack`: codes `[rows, n]` as uint8."""
     rows = packed.shape[0]
+    if 8 % bits == 0:  # whole codes per byte: stay in uint8
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+        codes = (packed.unsqueeze(-1) >> shifts) & (2**bits - 1)  # [rows, bytes, codes per byte]
+        return codes.view(rows, -1)[:, :n]
     per_chunk, nbytes = codes_per_chunk(bits)
     byte_shifts = torch.arange(nbytes, device=packed.device) * 8
     words = (packed.view(rows, -1, nbytes).to(torch.int64) << byte_shifts).sum(dim=-1)
