@@ -136,6 +136,19 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     print(f"\nwrote {out}")
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    import tcompress as tc
+
+    recipe = tc.recipe.load(args.recipe)  # every stage validated before the model loads
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; expected a folder")
+    model, tok = tc.load(args.model)
+    recipe.run(model, tok)
+    tc.save(model, out)
+    print(f"applied {', '.join(stage.name for stage in recipe.stages)}; wrote {out}")
+
+
 def _group_size(text: str) -> int | None:
     return None if text == "channel" else _positive(text)
 
@@ -213,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--eval-seqlen", type=_positive, default=2048, help="default 2048")
     quantize.add_argument("--out", required=True, help="folder to save the quantized model to")
     quantize.set_defaults(run=cmd_quantize)
+
+    run = commands.add_parser("run", help="apply a YAML recipe (a list of method stages) and save the model",
+                              epilog=EPILOG + " A recipe: {calibration: {source: pydoc, n: 128, seqlen: 512, "
+                              "seed: 0}, stages: [{method: gptq, bits: 4, group_size: 64}]}.")
+    run.add_argument("recipe", metavar="RECIPE", help="YAML file")
+    run.add_argument("model", metavar="MODEL")
+    run.add_argument("--out", required=True, help="folder to save the compressed model to")
+    run.set_defaults(run=cmd_run)
     return parser
 
 

@@ -184,7 +184,11 @@ class Adapter:
                 linears = {prefix or "": module}
             return Block(index, prefix, module, other=linears)
         f = self.family
-        pick = lambda paths: {full(p): module.get_submodule(p) for p in paths}  # noqa: E731
+        def pick(paths: tuple[str, ...]) -> dict[str, nn.Module]:
+            """The float linears at `paths` (a part already packed is no longer one)."""
+            parts = {full(p): module.get_submodule(p) for p in paths}
+            return {name: part for name, part in parts.items() if is_linear(part)}
+
         return Block(
             index, prefix, module,
             attn_in=pick(f.attn_in), attn_out=pick(f.attn_out),
