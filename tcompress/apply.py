@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 import torch
@@ -46,9 +47,17 @@ def _selected(model: nn.Module, method: LinearMethod) -> dict[str, nn.Module]:
 
 
 def _check_targets(model: nn.Module, method: LinearMethod) -> None:
+    """Every pattern must name some linear, and something must be left to change."""
+    names = [name for block in adapter(model).blocks() for name in block.linears]
+    for field in ("include", "exclude"):
+        for pattern in getattr(method, field, ()):
+            if not any(fnmatch.fnmatch(name, pattern) for name in names):
+                example = names[0] if names else "(none)"
+                raise ValueError(f"{method.name}: {field} pattern {pattern!r} matches no linear (they are named like "
+                                 f"{example!r})")
     targets = _selected(model, method)
     if not targets:
-        raise ValueError(f"method {method.name!r} selects no linear of this model (check `exclude`)")
+        raise ValueError(f"method {method.name!r} selects no linear of this model (check `include` / `exclude`)")
     for name, linear in targets.items():
         method.check(name, linear)
 

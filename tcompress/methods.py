@@ -42,9 +42,12 @@ class LinearMethod(Method):
 
     true_sequential: ClassVar[bool] = False  # observe each group after the ones before changed
     input_only_stats: ClassVar[bool] = False  # stats depend on the input alone: linears fed one tensor share them
+    include: tuple[str, ...] = ()  # fnmatch patterns of linear names to change; empty: all
     exclude: tuple[str, ...] = ()  # fnmatch patterns of linear names left alone
 
     def selects(self, name: str, linear: nn.Module) -> bool:
+        if self.include and not any(fnmatch.fnmatch(name, pattern) for pattern in self.include):
+            return False
         return not any(fnmatch.fnmatch(name, pattern) for pattern in self.exclude)
 
     def check(self, name: str, linear: nn.Module) -> None:

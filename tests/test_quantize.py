@@ -204,3 +204,19 @@ def test_gptq_through_the_engine_uses_each_linears_true_hessian():
             name = f"model.layers.0.{part}.{target}"
             expected, _, _ = gptq_quantize(original.get_submodule(name).weight.detach(), h, method.grid)
             assert torch.equal(model.get_submodule(name).codes(), expected), name
+
+
+def test_mixed_precision_by_pattern_is_a_list_of_stages():
+    model = build("llama")
+    tc.apply(model, RTN(bits=3, group_size=32, include=("*.mlp.*",)))
+    tc.apply(model, RTN(bits=8, group_size=None))
+    bits = {name: m.grid.bits for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    assert bits["model.layers.1.mlp.down_proj"] == 3 and bits["model.layers.1.self_attn.q_proj"] == 8
+    assert isinstance(model.lm_head, nn.Linear)  # the head and the embeddings stay float
+
+
+def test_a_pattern_that_matches_nothing_is_refused():
+    with pytest.raises(ValueError, match=r"include pattern '\*mlp_typo\*' matches no linear"):
+        tc.apply(build("llama"), RTN(include=("*mlp_typo*",)))
+    with pytest.raises(ValueError, match=r"exclude pattern 'lm_head' matches no linear"):
+        tc.apply(build("llama"), RTN(exclude=("lm_head",)))

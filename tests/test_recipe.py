@@ -23,11 +23,13 @@ def test_recipe_runs_its_stages_in_order_on_shared_calibration(tmp_path, tokeniz
     assert [a["method"] for a in tc.export.record_of(model).applied] == ["gptq", "rtn"]
 
 
-def test_the_shipped_recipe_parses():
+def test_the_shipped_recipes_parse():
     from pathlib import Path
 
-    recipe = tc.recipe.load(Path(__file__).parent.parent / "recipes" / "gptq-w4g64.yaml")
-    assert recipe.stages == (GPTQ(bits=4, group_size=64),)
+    recipes = Path(__file__).parent.parent / "recipes"
+    assert tc.recipe.load(recipes / "gptq-w4g64.yaml").stages == (GPTQ(bits=4, group_size=64),)
+    mixed = tc.recipe.load(recipes / "mixed-precision.yaml").stages
+    assert mixed == (GPTQ(bits=3, group_size=64, include=("*.mlp.*",)), GPTQ(bits=4, group_size=64))
 
 
 @pytest.mark.parametrize("spec, match", [

@@ -21,6 +21,7 @@ class WeightQuantizer(LinearMethod):
     group_size: int | None = 64  # None: per output channel
     symmetric: bool = False
     search: str = "minmax"  # each group's grid: minmax, mse (clip search) or hqq (zero optimised)
+    include: tuple[str, ...] = ()  # fnmatch patterns of the linears to quantize; empty: all
     exclude: tuple[str, ...] = ()  # fnmatch patterns of linear names left in float
 
     def __post_init__(self) -> None:
