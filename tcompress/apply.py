@@ -41,21 +41,27 @@ def apply(model: nn.Module, method: Method | dict[str, Any], calib: Calibration 
     return model
 
 
-def _selected(model: nn.Module, method: LinearMethod) -> dict[str, nn.Module]:
-    return {name: linear for block in adapter(model).blocks() for name, linear in block.linears.items()
-            if method.selects(name, linear)}
+def _block_linears(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: linear for block in adapter(model).blocks() for name, linear in block.linears.items()}
+
+
+def _selected(model: nn.Module, method: LinearMethod, linears: dict[str, nn.Module] | None = None
+              ) -> dict[str, nn.Module]:
+    linears = _block_linears(model) if linears is None else linears
+    return {name: linear for name, linear in linears.items() if method.selects(name, linear)}
 
 
 def _check_targets(model: nn.Module, method: LinearMethod) -> None:
     """Every pattern must name some linear, and something must be left to change."""
-    names = [name for block in adapter(model).blocks() for name in block.linears]
+    linears = _block_linears(model)
+    names = list(linears)
     for field in ("include", "exclude"):
         for pattern in getattr(method, field, ()):
             if not any(fnmatch.fnmatch(name, pattern) for name in names):
                 example = names[0] if names else "(none)"
                 raise ValueError(f"{method.name}: {field} pattern {pattern!r} matches no linear (they are named like "
                                  f"{example!r})")
-    targets = _selected(model, method)
+    targets = _selected(model, method, linears)
     if not targets:
         raise ValueError(f"method {method.name!r} selects no linear of this model (check `include` / `exclude`)")
     for name, linear in targets.items():

@@ -152,8 +152,9 @@ def observe_and_apply(method: LinearMethod, model: nn.Module, block: Block, inpu
         for name, linear in chosen.items():
             new = method.apply(linear, stats.pop(name), name)
             if new is not None and new is not linear:
-                replacements[name] = new
-                if not _stand_in(linear, new):
+                if _stand_in(linear, new):
+                    replacements[name] = new
+                else:
                     replace_module(model, name, new)
     return replacements
 

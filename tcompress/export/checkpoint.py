@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,7 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
         model.save_pretrained(tmp, safe_serialization=True)
         if processor is not None:
             processor.save_pretrained(tmp)
-        record = record_of(model)
-        record.modules = packed_layouts(model)
+        record = replace(record_of(model), modules=packed_layouts(model))
         (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
         _replace(tmp, folder)
     finally:
