@@ -47,6 +47,10 @@ class Family:
     head: tuple[str, ...]  # candidate names of the output head, first found wins
     out_norm: str | None = None  # post-norm families: the norm a block ends with
     first_norm: str | None = None  # post-norm families: the embeddings' norm feeding block 0
+    attention: str | None = None  # the attention module (its output shows the attention inputs' error)
+    mlp: str | None = None  # the FFN module, where the family has one
+    v_source: str | None = None  # the linear producing the values the attention output mixes
+    ffn_out_source: str | None = None  # the linear whose output scales the FFN output's input linearly
 
 
 LLAMA = Family(
@@ -61,6 +65,10 @@ LLAMA = Family(
     ffn_norm="post_attention_layernorm",
     embeddings=("embed_tokens",),
     head=("lm_head",),
+    attention="self_attn",
+    mlp="mlp",
+    v_source="self_attn.v_proj",
+    ffn_out_source="mlp.up_proj",  # down(act(gate) * up): up's rows scale down's input
 )
 OPT = Family(
     name="opt",
@@ -74,6 +82,9 @@ OPT = Family(
     ffn_norm="final_layer_norm",
     embeddings=("embed_tokens", "embed_positions"),
     head=("lm_head",),
+    attention="self_attn",
+    v_source="self_attn.v_proj",
+    ffn_out_source="fc1",  # through ReLU, which commutes with positive scales (checked at use)
 )
 GPT2 = Family(
     name="gpt2",
@@ -87,6 +98,9 @@ GPT2 = Family(
     ffn_norm="ln_2",
     embeddings=("wte", "wpe"),
     head=("lm_head",),
+    attention="attn",
+    mlp="mlp",
+    v_source="attn.c_attn",  # fused q, k, v: its last third
 )
 BERT = Family(
     name="bert",
@@ -102,6 +116,8 @@ BERT = Family(
     head=("classifier",),
     out_norm="output.LayerNorm",
     first_norm="embeddings.LayerNorm",
+    attention="attention.self",
+    v_source="attention.self.value",
 )
 VIT = Family(
     name="vit",
@@ -115,6 +131,9 @@ VIT = Family(
     ffn_norm="layernorm_after",
     embeddings=("embeddings.patch_embeddings.projection",),
     head=("classifier", "cls_classifier"),
+    attention="attention",
+    mlp="mlp",
+    v_source="attention.v_proj",
 )
 VIT_LEGACY = replace(  # the layout of transformers before 5
     VIT,
@@ -123,6 +142,9 @@ VIT_LEGACY = replace(  # the layout of transformers before 5
     attn_out=("attention.output.dense",),
     ffn_in=("intermediate.dense",),
     ffn_out=("output.dense",),
+    attention="attention.attention",
+    mlp=None,
+    v_source="attention.attention.value",
 )
 FAMILIES = (LLAMA, OPT, GPT2, BERT, VIT, VIT_LEGACY)
 
