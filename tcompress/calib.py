@@ -149,14 +149,23 @@ def observe_and_apply(method: LinearMethod, model: nn.Module, block: Block, inpu
         if not chosen:
             continue
         stats = observe(method, chosen, inputs, run)
-        for name, linear in chosen.items():
-            new = method.apply(linear, stats.pop(name), name)
-            if new is not None and new is not linear:
-                if _stand_in(linear, new):
-                    replacements[name] = new
-                else:
-                    replace_module(model, name, new)
+        changed = {name: method.apply(linear, stats.pop(name), name) for name, linear in chosen.items()}
+        changed = {name: new for name, new in changed.items() if new is not None and new is not chosen[name]}
+        replacements.update(stand_in_for(model, block, changed))
     return replacements
+
+
+def stand_in_for(model: nn.Module, block: Block, replacements: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Let the block's linears stand in for their `replacements` until its outputs are computed;
+    replace at once those that cannot. Returns the replacements still to put in place."""
+    linears = block.linears
+    waiting = {}
+    for name, new in replacements.items():
+        if name in linears and _stand_in(linears[name], new):
+            waiting[name] = new
+        else:
+            replace_module(model, name, new)
+    return waiting
 
 
 def _stand_in(linear: nn.Module, new: nn.Module) -> bool:
@@ -220,17 +229,18 @@ def sequential(model: nn.Module, calib: Calibration, method: Method | None = Non
     called with each block and its outputs (after the method changed it).
     """
     batches = batches_of(calib, batch_size)
-    blocks = adapter(model).blocks()
+    parts = adapter(model)
+    blocks = parts.blocks()
     inputs = capture(model, blocks[0].module, batches, offload)
     desc = f"{method.name} by block" if method else "blocks"
     for block in tqdm(blocks, desc=desc, disable=not progress):
         with _placed(block.module, device):
             run = BlockRunner(block.module, device or _home(block.module), offload)
             replacements = {}
-            if isinstance(method, LinearMethod):
+            if isinstance(method, BlockMethod):  # before LinearMethod: a block method may take per-linear fields
+                replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
+            elif isinstance(method, LinearMethod):
                 replacements = observe_and_apply(method, model, block, inputs, run)
-            elif isinstance(method, BlockMethod):
-                method.apply_block(block, inputs, run)
             run.propagate(inputs)
             for name, new in replacements.items():
                 replace_module(model, name, new)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from tcompress.calib import BlockInputs, BlockRunner
-    from tcompress.models.adapters import Block
+    from tcompress.models.adapters import Adapter, Block
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -66,7 +66,10 @@ class LinearMethod(Method):
 class BlockMethod(Method):
     """A method applied to a whole block, given its inputs and a way to run it."""
 
-    def apply_block(self, block: Block, inputs: BlockInputs, run: BlockRunner) -> None:
+    def apply_block(self, adapter: Adapter, block: Block, inputs: BlockInputs, run: BlockRunner
+                    ) -> dict[str, nn.Module] | None:
+        """Change the block in place; may return replacement modules by full name (packed
+        linears, say), which the engine puts in place once the block's outputs are computed."""
         raise NotImplementedError
 
 

@@ -120,7 +120,7 @@ def test_block_method_gets_the_block_and_its_inputs():
     class Probe(tc.BlockMethod):
         name = "test-probe"
 
-        def apply_block(self, block, inputs, run):
+        def apply_block(self, adapter, block, inputs, run):
             seen.append((block.index, len(inputs), run(inputs, 0).shape))
 
     sequential(build("opt"), example_inputs("opt", batch=3)["input_ids"], Probe(), progress=False)

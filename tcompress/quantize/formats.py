@@ -68,7 +68,7 @@ class QuantLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, grid: Grid, bias: bool = False,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, input_scale: bool = False):
         super().__init__()
         self.in_features, self.out_features, self.grid = in_features, out_features, grid
         groups = grid.groups_of(in_features)
@@ -76,18 +76,24 @@ class QuantLinear(nn.Module):
                                                     dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=torch.float16))
         self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.float16))
+        # inputs are divided by it (an activation-aware scale with no module to fold into)
+        self.register_buffer("input_scale", torch.ones(in_features, dtype=torch.float16) if input_scale else None)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.compute_dtype = dtype
 
     @classmethod
     def from_codes(cls, codes: Tensor, scales: Tensor, zeros: Tensor, grid: Grid, bias: Tensor | None,
-                   dtype: torch.dtype) -> QuantLinear:
-        """Build from codes `[out, in]` and per-group scales and zeros `[out, groups]`."""
+                   dtype: torch.dtype, input_scale: Tensor | None = None) -> QuantLinear:
+        """Build from codes `[out, in]` and per-group scales and zeros `[out, groups]`; the
+        codes may be of a weight whose input channels were multiplied by `input_scale` `[in]`."""
         out_features, in_features = codes.shape
-        module = cls(in_features, out_features, grid, bias=bias is not None, dtype=dtype)
+        module = cls(in_features, out_features, grid, bias=bias is not None, dtype=dtype,
+                     input_scale=input_scale is not None)
         module.qweight.copy_(pack(codes, grid.bits))
         module.scales.copy_(scales.to(torch.float16))
         module.zeros.copy_(zeros.to(torch.float16))
+        if input_scale is not None:
+            module.input_scale.copy_(input_scale.to(torch.float16))
         if bias is not None:
             module.bias.data.copy_(bias.detach())
         return module
@@ -97,21 +103,26 @@ class QuantLinear(nn.Module):
     def layout(self) -> dict:
         """What `from_layout` needs to rebuild an empty module of this shape."""
         return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.grid.bits,
-                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "bias": self.bias is not None}
+                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "bias": self.bias is not None,
+                "input_scale": self.input_scale is not None}
 
     @classmethod
     def from_layout(cls, layout: dict, dtype: torch.dtype) -> QuantLinear:
         grid = Grid(layout["bits"], layout["group_size"], layout["symmetric"])
-        return cls(layout["in_features"], layout["out_features"], grid, bias=layout["bias"], dtype=dtype)
+        return cls(layout["in_features"], layout["out_features"], grid, bias=layout["bias"], dtype=dtype,
+                   input_scale=layout.get("input_scale", False))
 
     def codes(self) -> Tensor:
         return unpack(self.qweight, self.grid.bits, self.in_features)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
-        """The weight `[out, in]` as the codes represent it."""
+        """The weight `[out, in]` this layer applies to its input, as the codes represent it."""
         scales = expand(self.scales.float(), self.in_features)
         zeros = expand(self.zeros.float(), self.in_features)
-        return dequantize_codes(self.codes().float(), scales, zeros).to(dtype or self.compute_dtype)
+        weight = dequantize_codes(self.codes().float(), scales, zeros)
+        if self.input_scale is not None:
+            weight = weight / self.input_scale.float()
+        return weight.to(dtype or self.compute_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.linear(x, self.dequantize(x.dtype), self.bias if self.bias is None else self.bias.to(x.dtype))
@@ -121,5 +132,6 @@ class QuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, bits={self.grid.bits}, group={size}"
 
     def nbytes(self) -> int:
-        tensors = [self.qweight, self.scales, self.zeros] + ([self.bias] if self.bias is not None else [])
+        tensors = [self.qweight, self.scales, self.zeros, self.bias, self.input_scale]
+        tensors = [t for t in tensors if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
