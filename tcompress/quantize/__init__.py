@@ -4,6 +4,10 @@ from tcompress.quantize.formats import QuantLinear, pack, unpack
 from tcompress.quantize.gptq import GPTQ
 from tcompress.quantize.grid import Grid
 from tcompress.quantize.hqq import HQQ
+from tcompress.quantize.int8 import Int8Linear
+from tcompress.quantize.outliers import Outliers, outlier_report
 from tcompress.quantize.rtn import RTN
+from tcompress.quantize.smoothquant import SmoothQuant
 
-__all__ = ["QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN"]
+__all__ = ["QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN", "Int8Linear", "Outliers", "outlier_report",
+           "SmoothQuant"]
