@@ -111,8 +111,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from tcompress.eval.latency import tensor_bytes
     from tcompress.report import format_table
 
-    method = tc.methods.method_from({"method": args.method, "bits": args.bits, "group_size": args.group_size,
-                                     "symmetric": args.symmetric, "search": args.search})
+    method = quantize_method(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; expected a folder")
@@ -128,12 +127,45 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     tc.save(model, out)
     disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-    rows.append({"model": f"{args.method} W{args.bits} g{args.group_size or 'channel'}",
+    rows.append({"model": method_label(method),
                  "MB in memory": tensor_bytes(model) / 2**20, "MB on disk": disk / 2**20, "seconds": seconds})
     if args.eval:
         rows[1]["perplexity"] = tc.eval.perplexity(model, tok, windows, seqlen=args.eval_seqlen)
     print(format_table([{key: row.get(key) for key in rows[1]} for row in rows]))
     print(f"\nwrote {out}")
+
+
+QUANTIZE_FIELDS = {  # config field -> the flag that sets it; a flag not given leaves the method's default
+    "bits": "--bits", "group_size": "--group-size", "symmetric": "--symmetric", "search": "--search",
+    "alpha": "--alpha", "activations": "--weight-only", "threshold": "--threshold",
+}
+
+
+def quantize_method(args: argparse.Namespace):
+    """The method config from the flags given; a flag the method has no field for is refused."""
+    import dataclasses
+
+    from tcompress.methods import METHODS, method_from
+
+    given = {field: getattr(args, field) for field in QUANTIZE_FIELDS if hasattr(args, field)}
+    fields = {f.name for f in dataclasses.fields(METHODS[args.method])}
+    foreign = [QUANTIZE_FIELDS[field] for field in given if field not in fields]
+    if foreign:
+        own = sorted(flag for field, flag in QUANTIZE_FIELDS.items() if field in fields)
+        raise ValueError(f"{', '.join(foreign)} does not apply to --method {args.method} (its options: {', '.join(own)})")
+    return method_from({"method": args.method, **given})
+
+
+def method_label(method) -> str:
+    """E.g. `gptq W4 g64`, `smoothquant W8A8 alpha=0.5`, `outliers W8 gchannel threshold=6.0`."""
+    fields = method.to_dict()
+    label = [method.name]
+    if "bits" in fields:
+        label.append(f"W{fields['bits']} g{fields['group_size'] or 'channel'}")
+    if "activations" in fields:
+        label.append("W8A8" if fields["activations"] else "W8")
+    label += [f"{key}={fields[key]}" for key in ("alpha", "threshold") if key in fields]
+    return " ".join(label)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -206,17 +238,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
     bench.set_defaults(run=cmd_bench)
 
-    quantize = commands.add_parser("quantize", help="quantize weights (packed int storage) and save the model",
-                                   epilog=EPILOG)
+    quantize = commands.add_parser(
+        "quantize", help="quantize weights (packed int storage) and save the model",
+        epilog=EPILOG + " Options a method does not have are refused; those not given take the method's default.")
     quantize.add_argument("model", metavar="MODEL")
-    quantize.add_argument("--method", default="gptq", choices=["rtn", "gptq", "hqq"],
-                          help="default gptq; hqq = RTN with HQQ-optimised zeros, no data")
-    quantize.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8 (default 4)")
-    quantize.add_argument("--group-size", type=_group_size, default=64,
-                          help="input channels per scale, or 'channel' for per-channel (default 64)")
-    quantize.add_argument("--symmetric", action="store_true", help="symmetric grid (default asymmetric)")
-    quantize.add_argument("--search", default="minmax", choices=["minmax", "mse", "hqq"],
-                          help="each group's grid: min-max, clipping search, or HQQ zero optimisation")
+    quantize.add_argument("--method", default="gptq", choices=["rtn", "gptq", "hqq", "smoothquant", "outliers"],
+                          help="default gptq; hqq = RTN with HQQ-optimised zeros, no data; smoothquant = W8A8 "
+                          "(int8 weights and activations) after moving activation outliers into the weights; "
+                          "outliers = RTN with the input channels of large activations kept in fp16")
+    weights = quantize.add_argument_group("weight grid (rtn, gptq, hqq, outliers)")
+    weights.add_argument("--bits", type=int, default=argparse.SUPPRESS,
+                         help="2, 3, 4 or 8 (default 4; outliers: 8)")
+    weights.add_argument("--group-size", type=_group_size, default=argparse.SUPPRESS,
+                         help="input channels per scale, or 'channel' for per-channel (default 64; outliers: channel)")
+    weights.add_argument("--symmetric", action="store_true", default=argparse.SUPPRESS,
+                         help="symmetric grid (default asymmetric)")
+    weights.add_argument("--search", choices=["minmax", "mse", "hqq"], default=argparse.SUPPRESS,
+                         help="each group's grid: min-max (default), clipping search, or HQQ zero optimisation")
+    smooth = quantize.add_argument_group("smoothquant")
+    smooth.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
+                        help="share of the activations' range moved into the weights, in [0, 1] (default 0.5)")
+    smooth.add_argument("--weight-only", dest="activations", action="store_const", const=False,
+                        default=argparse.SUPPRESS, help="int8 weights only; activations stay float (default W8A8)")
+    kept = quantize.add_argument_group("outliers")
+    kept.add_argument("--threshold", type=float, default=argparse.SUPPRESS,
+                      help="input channels whose calibration activations exceed this magnitude stay in fp16 "
+                      "(default 6.0)")
     quantize.add_argument("--calib", default="pydoc", help="calibration text: corpus name or file (default pydoc)")
     quantize.add_argument("--calib-samples", type=_positive, default=128, help="default 128")
     quantize.add_argument("--calib-seqlen", type=_positive, default=512, help="default 512")

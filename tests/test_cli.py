@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -80,4 +81,39 @@ def test_quantize_refuses_bad_settings_before_loading(tiny_folder, tmp_path, cap
     assert main(["-q", "quantize", tiny_folder, "--group-size", "48", "--method", "rtn",
                  "--out", str(tmp_path / "q")]) == 2
     assert "does not divide" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
+def test_quantize_help_names_the_method_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("smoothquant", "outliers", "--alpha", "--weight-only", "--threshold"))
+
+
+@pytest.mark.parametrize("flags, label, module", [
+    (["--method", "smoothquant", "--alpha", "0.6"], "smoothquant W8A8 alpha=0.6", "Int8Linear"),
+    (["--method", "smoothquant", "--weight-only"], "smoothquant W8 alpha=0.5", "Int8Linear"),
+    (["--method", "outliers", "--threshold", "2.5"], "outliers W8 gchannel threshold=2.5", "QuantLinear"),
+])
+def test_quantize_with_smoothquant_and_outliers(tiny_folder, tmp_path, capsys, flags, label, module):
+    out = tmp_path / "q"
+    assert main(["-q", "quantize", tiny_folder, *flags, "--calib-samples", "2", "--calib-seqlen", "32",
+                 "--out", str(out)]) == 0
+    assert label in capsys.readouterr().out
+    model, _ = tc.load(out)
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == module
+    applied = model.tc_record.applied[0]
+    assert applied["method"] == flags[1] and applied.get("activations", True) == ("--weight-only" not in flags)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--method", "smoothquant", "--bits", "4"], "--bits does not apply to --method smoothquant"),
+    (["--method", "gptq", "--threshold", "3"], "--threshold does not apply to --method gptq"),
+    (["--method", "smoothquant", "--alpha", "1.5"], r"alpha must be a number in \[0, 1\]"),
+    (["--method", "outliers", "--threshold", "0"], "threshold must be a positive number"),
+])
+def test_quantize_refuses_options_of_other_methods_and_bad_values(tiny_folder, tmp_path, capsys, flags, match):
+    assert main(["-q", "quantize", tiny_folder, *flags, "--out", str(tmp_path / "q")]) == 2
+    assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "q").exists()
