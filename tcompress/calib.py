@@ -177,6 +177,88 @@ def _stand_in(linear: nn.Module, new: nn.Module) -> bool:
     return True
 
 
+def merged(inputs: BlockInputs) -> BlockInputs | None:
+    """All batches as one (hidden states concatenated, per-sample arguments such as padding
+    masks too, shared ones such as rotary embeddings kept once); None where they differ in
+    a way that cannot be concatenated (lengths, flags)."""
+    if len(inputs) == 1:
+        return inputs
+    hidden = inputs.hidden
+    if len({h.shape[1:] for h in hidden}) != 1:
+        return None
+    sizes = [h.shape[0] for h in hidden]
+    try:
+        args = _merge_values(list(inputs.args), sizes)
+        kwargs = _merge_values(list(inputs.kwargs), sizes)
+    except _Unmergeable:
+        return None
+    return BlockInputs([torch.cat(hidden)], [args], [kwargs], inputs.positional)
+
+
+class _Unmergeable(Exception):
+    pass
+
+
+def _merge_values(values: list[Any], sizes: list[int]) -> Any:
+    first = values[0]
+    if isinstance(first, Tensor):
+        if all(isinstance(v, Tensor) and v.shape == first.shape and torch.equal(v, first) for v in values):
+            return first
+        if all(isinstance(v, Tensor) and v.ndim and v.shape[0] == n and v.shape[1:] == first.shape[1:]
+               for v, n in zip(values, sizes)):
+            return torch.cat(values)
+        raise _Unmergeable
+    if isinstance(first, (tuple, list)):
+        if any(not isinstance(v, type(first)) or len(v) != len(first) for v in values):
+            raise _Unmergeable
+        return type(first)(_merge_values([v[i] for v in values], sizes) for i in range(len(first)))
+    if isinstance(first, dict):
+        if any(not isinstance(v, dict) or v.keys() != first.keys() for v in values):
+            raise _Unmergeable
+        return {key: _merge_values([v[key] for v in values], sizes) for key in first}
+    if any(v is not first and v != first for v in values):
+        raise _Unmergeable
+    return first
+
+
+def quantize_in_one_pass(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
+                         run: BlockRunner) -> dict[str, nn.Module]:
+    """True-sequential application in a single forward over all calibration samples at once
+    (`inputs` merged into one batch): each selected linear is changed just before its first
+    use, from the statistics of the input it is about to get, so the groups after it see its
+    change, and the block's output is the changed block's. Stores that output in `inputs`."""
+    chosen = {name: linear for name, linear in block.linears.items() if method.selects(name, linear)}
+    replacements: dict[str, nn.Module] = {}
+    shared: dict[int, tuple[Tensor, Any]] = {}  # id of an input -> (the input, kept alive; its statistics)
+    done: set[str] = set()
+
+    def change_before_use(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if name in done:
+                return
+            done.add(name)
+            x = args[0]
+            if method.input_only_stats and id(x) in shared:
+                stats = shared[id(x)][1]
+            else:
+                stats = method.observe(method.init_stats(module), x.reshape(-1, x.shape[-1]))
+                shared[id(x)] = (x, stats)
+            new = method.apply(module, stats, name)
+            if new is not None and new is not module:
+                replacements.update(stand_in_for(model, block, {name: new}))
+
+        return hook
+
+    handles = [linear.register_forward_pre_hook(change_before_use(name)) for name, linear in chosen.items()]
+    try:
+        out = run(inputs, 0).to(run.offload)
+    finally:
+        for handle in handles:
+            handle.remove()
+    inputs.hidden[0] = out
+    return replacements
+
+
 def observe(method: LinearMethod, linears: dict[str, nn.Module], inputs: BlockInputs,
             run: BlockRunner) -> dict[str, Any]:
     """Statistics of each linear's inputs over all batches.
@@ -219,14 +301,19 @@ def observe(method: LinearMethod, linears: dict[str, nn.Module], inputs: BlockIn
     return stats
 
 
+@torch.no_grad()
 def sequential(model: nn.Module, calib: Calibration, method: Method | None = None, *, batch_size: int = 1,
                device: torch.device | str | None = None, offload: torch.device | str = "cpu",
-               progress: bool = True, on_block: Callable[[Block, list[Tensor]], None] | None = None) -> list[Tensor]:
+               progress: bool = True, on_block: Callable[[Block, list[Tensor]], None] | None = None,
+               one_pass: bool = True) -> list[Tensor]:
     """Run `model` block by block over `calib`, applying `method` to each block.
 
     Returns the last block's outputs, one tensor per batch. `device` is where each block
     runs (its weights move there and back); activations wait on `offload`. `on_block` is
-    called with each block and its outputs (after the method changed it).
+    called with each block and its outputs (after the method changed it). `one_pass`: a
+    true-sequential per-linear method runs each block once over all batches at once
+    (the fastest; it holds the whole calibration set's activations of one block), else
+    once per group of linears and batch.
     """
     batches = batches_of(calib, batch_size)
     parts = adapter(model)
@@ -237,16 +324,27 @@ def sequential(model: nn.Module, calib: Calibration, method: Method | None = Non
         with _placed(block.module, device):
             run = BlockRunner(block.module, device or _home(block.module), offload)
             replacements = {}
+            one_batch = merged(inputs) if one_pass and getattr(method, "true_sequential", False) else None
             if isinstance(method, BlockMethod):  # before LinearMethod: a block method may take per-linear fields
                 replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
+            elif one_batch is not None:
+                replacements = quantize_in_one_pass(method, model, block, one_batch, run)
+                inputs = _split_like(inputs, one_batch.hidden[0])
             elif isinstance(method, LinearMethod):
                 replacements = observe_and_apply(method, model, block, inputs, run)
-            run.propagate(inputs)
+            if one_batch is None:
+                run.propagate(inputs)
             for name, new in replacements.items():
                 replace_module(model, name, new)
         if on_block is not None:
             on_block(block, inputs.hidden)
     return inputs.hidden
+
+
+def _split_like(inputs: BlockInputs, hidden: Tensor) -> BlockInputs:
+    """`inputs` with its hidden states replaced by the slices of `hidden`, batch by batch."""
+    inputs.hidden = list(hidden.split([h.shape[0] for h in inputs.hidden]))
+    return inputs
 
 
 def _home(module: nn.Module) -> torch.device | None:

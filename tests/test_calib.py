@@ -157,3 +157,34 @@ def test_bad_batch_size_is_refused():
 def test_apply_rejects_what_is_not_a_method():
     with pytest.raises(TypeError, match="method must be"):
         tc.apply(nn.Linear(2, 2), "gptq")
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_one_pass_true_sequential_equals_group_by_group_passes(family):
+    from tcompress.quantize import GPTQ, QuantLinear
+
+    calib = samples(family, n=3)
+    for i, sample in enumerate(calib[1:] if family == "bert" else []):
+        sample["attention_mask"][0, -(i + 2):] = 0  # every sample padded: masks to concatenate
+    models = {one_pass: build(family) for one_pass in (True, False)}
+    for one_pass, model in models.items():
+        sequential(model, calib, GPTQ(bits=3, group_size=32), one_pass=one_pass, progress=False)
+    quantized = [name for name, m in models[True].named_modules() if isinstance(m, QuantLinear)]
+    assert len(quantized) == {"llama": 14, "bert": 12}[family]
+    for name in quantized:
+        a, b = models[True].get_submodule(name).codes(), models[False].get_submodule(name).codes()
+        assert (a == b).float().mean() > 0.99, name  # the same Hessians, summed in another order
+
+
+def test_merged_inputs_concatenate_per_sample_arguments_and_refuse_other_lengths():
+    from tcompress.calib import capture, merged
+
+    model = build("bert")
+    first = tc.adapter(model).blocks()[0].module
+    padded = samples("bert", n=2)
+    padded[1]["attention_mask"][0, -5:] = 0  # both padded, differently
+    inputs = capture(model, first, padded, "cpu")
+    one = merged(inputs)
+    assert one.hidden[0].shape[0] == 2 and one.args[0][0].shape[0] == 2  # the padding masks, one per sample
+    short = example_inputs("bert", batch=1, seqlen=7)
+    assert merged(capture(model, first, samples("bert", n=1) + [short], "cpu")) is None
