@@ -40,7 +40,8 @@ def output(model, inputs):
 
 
 @pytest.mark.parametrize("shape", [(1, 7, 3), (5, 100, 63), (33, 2500, 17)])  # k = 2500: several float chunks
-def test_int8_matmul_is_exact_and_the_simulated_path_agrees(shape):
+def test_int8_matmul_is_exact_and_the_simulated_path_agrees(shape, monkeypatch):
+    monkeypatch.setattr(int8_module, "CPU_INT_MM", True)  # torch._int_mm itself
     m, k, n = shape
     generator = torch.Generator().manual_seed(k)
     a = torch.randint(-127, 128, (m, k), generator=generator, dtype=torch.int8)
@@ -71,11 +72,12 @@ def test_matmul_path_is_named_and_the_fallback_computes_the_same(monkeypatch):
     torch.manual_seed(0)
     linear, x = nn.Linear(64, 33), torch.randn(7, 64)
     w8a8, w8 = Int8Linear.from_linear(linear), Int8Linear.from_linear(linear, activations=False)
-    assert w8a8.matmul == "int8" and "matmul=int8" in repr(w8a8)
     assert w8.matmul == "float" and "activations=float" in repr(w8)
+    monkeypatch.setattr(int8_module, "CPU_INT_MM", True)  # the integer kernel, as TCOMPRESS_CPU_INT_MM=1 asks
+    assert w8a8.matmul == "int8" and "matmul=int8" in repr(w8a8)
     with torch.no_grad():
         real = w8a8(x)
-        monkeypatch.setattr(int8_module, "int_mm_available", lambda device: False)
+        monkeypatch.setattr(int8_module, "CPU_INT_MM", False)  # the CPU default: exact float products
         assert w8a8.matmul == "simulated" and "matmul=simulated" in repr(w8a8)
         assert torch.equal(w8a8(x), real)
 
