@@ -242,11 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize", help="quantize weights (packed int storage) and save the model",
         epilog=EPILOG + " Options a method does not have are refused; those not given take the method's default.")
     quantize.add_argument("model", metavar="MODEL")
-    quantize.add_argument("--method", default="gptq", choices=["rtn", "gptq", "hqq", "smoothquant", "outliers"],
-                          help="default gptq; hqq = RTN with HQQ-optimised zeros, no data; smoothquant = W8A8 "
+    quantize.add_argument("--method", default="gptq", choices=["rtn", "gptq", "awq", "hqq", "smoothquant", "outliers"],
+                          help="default gptq; awq = activation-aware scales and clipping, then RTN; "
+                          "hqq = RTN with HQQ-optimised zeros, no data; smoothquant = W8A8 "
                           "(int8 weights and activations) after moving activation outliers into the weights; "
                           "outliers = RTN with the input channels of large activations kept in fp16")
-    weights = quantize.add_argument_group("weight grid (rtn, gptq, hqq, outliers)")
+    weights = quantize.add_argument_group("weight grid (rtn, gptq, awq, hqq, outliers)")
     weights.add_argument("--bits", type=int, default=argparse.SUPPRESS,
                          help="2, 3, 4 or 8 (default 4; outliers: 8)")
     weights.add_argument("--group-size", type=_group_size, default=argparse.SUPPRESS,

@@ -63,16 +63,17 @@ def test_bad_numbers_are_refused_by_the_parser(argv, capsys):
     assert exit.value.code == 2 and "expected" in capsys.readouterr().err
 
 
-def test_quantize_saves_a_packed_model_and_reports_sizes(tiny_folder, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_quantize_saves_a_packed_model_and_reports_sizes(method, tiny_folder, tmp_path, capsys):
     out = tmp_path / "q"
-    assert main(["-q", "quantize", tiny_folder, "--method", "gptq", "--bits", "4", "--group-size", "32",
+    assert main(["-q", "quantize", tiny_folder, "--method", method, "--bits", "4", "--group-size", "32",
                  "--calib-samples", "4", "--calib-seqlen", "32", "--eval", "pydoc", "--eval-windows", "1",
                  "--eval-seqlen", "64", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "gptq W4 g32" in printed and "perplexity" in printed
+    assert f"{method} W4 g32" in printed and "perplexity" in printed
     model, _ = tc.load(out)
     assert isinstance(model.model.layers[0].mlp.down_proj, tc.quantize.QuantLinear)
-    assert model.tc_record.applied[0]["method"] == "gptq"
+    assert model.tc_record.applied[0]["method"] == method
 
 
 def test_quantize_refuses_bad_settings_before_loading(tiny_folder, tmp_path, capsys):

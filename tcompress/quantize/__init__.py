@@ -1,5 +1,6 @@
 """Post-training quantization: one file a method; `formats.py` holds the packed storage."""
 
+from tcompress.quantize.awq import AWQ
 from tcompress.quantize.formats import QuantLinear, pack, unpack
 from tcompress.quantize.gptq import GPTQ
 from tcompress.quantize.grid import Grid
@@ -9,5 +10,5 @@ from tcompress.quantize.outliers import Outliers, outlier_report
 from tcompress.quantize.rtn import RTN
 from tcompress.quantize.smoothquant import SmoothQuant
 
-__all__ = ["QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN", "Int8Linear", "Outliers", "outlier_report",
+__all__ = ["AWQ", "QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN", "Int8Linear", "Outliers", "outlier_report",
            "SmoothQuant"]
