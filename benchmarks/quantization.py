@@ -2,8 +2,8 @@
 
     python benchmarks/quantization.py [--data ../shared/data] [--calib pydoc] [--configs rtn:4:64,gptq:3:64]
 
-For each config (method:bits:group[:search], group `c` = per-channel, search minmax, mse
-or hqq): WikiText-2 perplexity (first 16 windows of 2048 tokens), compression
+For each config (method:bits:group[:search][:field=value], group `c` = per-channel, search
+minmax, mse or hqq; `smoothquant` is W8A8, `smoothquant:weight-only` W8): WikiText-2 perplexity (first 16 windows of 2048 tokens), compression
 wall time, peak RSS, bytes of the quantized linears and of the whole model on disk.
 Calibration: 128 x 512 tokens of `--calib`, seed 0. MiniLM rows give the STS-B Spearman.
 """
@@ -17,24 +17,45 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 import tcompress as tc
 from tcompress.eval.latency import PeakMemory
-from tcompress.quantize import QuantLinear
+from tcompress.export.packed import PACKED_MODULES
 
-DEFAULT_CONFIGS = "rtn:4:c,gptq:4:c,rtn:4:64,gptq:4:64,rtn:3:64,gptq:3:64,gptq:3:64:mse,rtn:2:64,gptq:2:64:mse"
-MINILM_CONFIGS = "rtn:4:64,gptq:4:64,rtn:3:64,gptq:3:64"
+DEFAULT_CONFIGS = ("rtn:4:c,gptq:4:c,awq:4:c,rtn:4:64,gptq:4:64,awq:4:64,hqq:4:64,rtn:3:64,gptq:3:64,awq:3:64,"
+                   "rtn:2:64,gptq:2:64,awq:2:64,smoothquant:weight-only,smoothquant")
+MINILM_CONFIGS = "rtn:4:64,gptq:4:64,awq:4:64,rtn:3:64,gptq:3:64,awq:3:64,smoothquant:weight-only,smoothquant"
 
 
 def parse_config(text: str) -> dict:
-    parts = text.split(":")
-    method, bits, group = parts[:3]
-    return {"method": method, "bits": int(bits), "group_size": None if group == "c" else int(group),
-            "search": parts[3] if len(parts) > 3 else "minmax"}
+    """`method:bits:group[:search][:field=value...]`, e.g. `gptq:3:64:mse:damp=0.1`;
+    `smoothquant[:alpha=0.5]` and `smoothquant:weight-only` for the W8A8 / W8 rows."""
+    method, *parts = text.split(":")
+    config: dict = {"method": method}
+    if method != "smoothquant":
+        bits, group, *parts = parts
+        config.update(bits=int(bits), group_size=None if group == "c" else int(group))
+    for part in parts:
+        if part == "weight-only":
+            config["activations"] = False
+        elif "=" in part:
+            key, value = part.split("=", 1)
+            config[key] = yaml.safe_load(value)
+        else:
+            config["search"] = part
+    return config
 
 
 def label(config: dict) -> str:
-    group = "channel" if config["group_size"] is None else f"g{config['group_size']}"
-    return f"{config['method']} W{config['bits']} {group}" + (f" {config['search']}" if config["search"] != "minmax" else "")
+    if config["method"] == "smoothquant":
+        text = "smoothquant " + ("W8" if config.get("activations") is False else "W8A8")
+    else:
+        group = "channel" if config["group_size"] is None else f"g{config['group_size']}"
+        text = f"{config['method']} W{config['bits']} {group}"
+    extras = [config.get("search", "")] + [f"{k}={v}" for k, v in config.items()
+                                           if k not in ("method", "bits", "group_size", "search", "activations")]
+    return " ".join([text] + [e for e in extras if e])
 
 
 def disk_megabytes(model) -> float:
@@ -44,7 +65,8 @@ def disk_megabytes(model) -> float:
 
 
 def quantized_megabytes(model) -> float:
-    return sum(m.nbytes() for m in model.modules() if isinstance(m, QuantLinear)) / 2**20
+    packed = tuple(PACKED_MODULES.values())
+    return sum(m.nbytes() for m in model.modules() if isinstance(m, packed)) / 2**20
 
 
 def run(model, config: dict, calib, measure) -> dict:

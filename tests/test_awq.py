@@ -97,3 +97,17 @@ def test_bad_awq_settings_are_refused(kwargs, match):
 def test_awq_needs_calibration_data():
     with pytest.raises(ValueError, match="needs calibration data"):
         tc.apply(build("llama"), AWQ())
+
+
+def test_scales_only_keeps_the_model_float_and_close_then_gptq_rounds_it():
+    from tcompress.quantize import GPTQ
+
+    inputs, calib = calibration("llama")
+    model, reference = build("llama"), build("llama")
+    tc.apply(model, AWQ(bits=3, group_size=32, scales_only=True), calib, progress=False)
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+    norm = model.model.layers[0].input_layernorm.weight
+    assert not torch.allclose(norm, reference.model.layers[0].input_layernorm.weight)  # scales folded
+    assert relative_error(model, reference, inputs) < 0.05  # only the clipping changed the function
+    tc.apply(model, GPTQ(bits=3, group_size=32), calib, progress=False)
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14

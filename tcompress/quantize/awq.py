@@ -65,6 +65,8 @@ class AWQ(WeightQuantizer, BlockMethod):
     clip: bool = True  # search each weight group's clipping range on the layer output error
     max_shrink: float = 0.5  # the clip search shrinks ranges by up to this fraction, in steps of 1/20
     search_samples: int = 16  # calibration batches the searches use
+    scales_only: bool = False  # fold the scales and clip the float weights, leaving rounding to a later
+    # stage (e.g. GPTQ); groups with nowhere to fold a scale are then left alone
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,7 +79,8 @@ class AWQ(WeightQuantizer, BlockMethod):
 
     def apply_block(self, adapter: Adapter, block: Block, inputs: BlockInputs, run: BlockRunner
                     ) -> dict[str, nn.Module]:
-        groups = [g for g in input_groups(adapter, block) if self._chosen(g)]
+        groups = [g for g in input_groups(adapter, block)
+                  if self._chosen(g) and (g.source is not None or not self.scales_only)]
         seen = record(groups, inputs, run, range(min(self.search_samples, len(inputs))))
         scales = {}
         for group in groups:
@@ -93,7 +96,10 @@ class AWQ(WeightQuantizer, BlockMethod):
             x = seen[group.part].x() / s  # the input the scaled linears now get
             explicit = None if group.source is not None else s
             for name, linear in self._chosen(group).items():
-                replacements[name] = self.quantize(linear, x, explicit)
+                if self.scales_only:
+                    self.clip_in_place(linear, x)
+                else:
+                    replacements[name] = self.quantize(linear, x, explicit)
         return replacements
 
     def _chosen(self, group: InputGroup) -> dict[str, nn.Module]:
@@ -153,6 +159,17 @@ class AWQ(WeightQuantizer, BlockMethod):
                 linear_weight(m).copy_(originals[name])
 
     # --- clipping and rounding -----------------------------------------------------------
+    def clip_in_place(self, linear: nn.Module, x: Tensor) -> None:
+        """Clamp each weight group to the range its clip search chose (no rounding)."""
+        if not self.clip:
+            return
+        w = self.weight_of(linear)
+        scale, zero = clip_search(w, x, self.grid, self.max_shrink)
+        n = w.shape[1]
+        scale, zero = expand(scale, n), expand(zero, n)
+        clipped = torch.minimum(torch.maximum(w, -zero * scale), (self.grid.maxq - zero) * scale)
+        linear_weight(linear).copy_(clipped.to(linear.weight.dtype))
+
     def quantize(self, linear: nn.Module, x: Tensor, input_scale: Tensor | None) -> QuantLinear:
         w = self.weight_of(linear)
         if self.clip:
