@@ -88,10 +88,15 @@ def llm_table(args) -> list[dict]:
     calib = tc.data.calibration(args.calib, tok, n=128, seqlen=512, seed=0)
     windows = tc.data.windows(Path(args.data) / "wikitext2" / "wiki.test.raw", tok, seqlen=2048, limit=args.windows)
     measure = lambda m: tc.eval.perplexity(m, tok, windows, seqlen=2048, progress=False)  # noqa: E731
-    rows = [{"setting": "fp32", "quality": measure(model), "seconds": 0.0, "peak_rss_mb": None, "linears_mb": None,
-             "disk_mb": disk_megabytes(model)}]
-    print(tc.report.format_table(rows), flush=True)
-    return rows + [run(model, parse_config(c), calib, measure) for c in args.configs.split(",")]
+    rows = [float_row(model, measure)] if args.baseline else []
+    return rows + [run(model, parse_config(c), calib, measure) for c in args.configs.split(",") if c]
+
+
+def float_row(model, measure) -> dict:
+    row = {"setting": "fp32", "quality": measure(model), "seconds": 0.0, "peak_rss_mb": None, "linears_mb": None,
+           "disk_mb": disk_megabytes(model)}
+    print(tc.report.format_table([row]), flush=True)
+    return row
 
 
 def minilm_table(args) -> list[dict]:
@@ -99,8 +104,7 @@ def minilm_table(args) -> list[dict]:
     calib = tc.data.calibration(args.calib, tok, n=128, seqlen=128, seed=0)
     stsb = Path(args.data) / "glue" / "stsb" / "dev.tsv"
     measure = lambda m: tc.eval.stsb_spearman(m, tok, stsb)  # noqa: E731
-    rows = [{"setting": "fp32", "quality": measure(model), "seconds": 0.0, "peak_rss_mb": None, "linears_mb": None,
-             "disk_mb": disk_megabytes(model)}]
+    rows = [float_row(model, measure)] if args.baseline else []
     return rows + [run(model, parse_config(c), calib, measure) for c in args.minilm_configs.split(",") if c]
 
 
@@ -110,16 +114,20 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--calib", default="pydoc")
     parser.add_argument("--windows", type=int, default=16)
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS)
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="empty to skip the default model")
     parser.add_argument("--minilm-configs", default=MINILM_CONFIGS, help="empty to skip MiniLM")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the float models too (default yes)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    results = {"llm": llm_table(args), "minilm": minilm_table(args) if args.minilm_configs else []}
+    results = {"llm": llm_table(args) if args.configs else [],
+               "minilm": minilm_table(args) if args.minilm_configs else []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quantization.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n{args.model}: WikiText-2 perplexity ({args.windows} x 2048), calibration {args.calib} 128 x 512")
-    print(tc.report.format_table(results["llm"]))
+    if results["llm"]:
+        print(f"\n{args.model}: WikiText-2 perplexity ({args.windows} x 2048), calibration {args.calib} 128 x 512")
+        print(tc.report.format_table(results["llm"]))
     if results["minilm"]:
         print("\nminilm: STS-B dev Spearman")
         print(tc.report.format_table(results["minilm"]))

@@ -111,3 +111,14 @@ def test_scales_only_keeps_the_model_float_and_close_then_gptq_rounds_it():
     assert relative_error(model, reference, inputs) < 0.05  # only the clipping changed the function
     tc.apply(model, GPTQ(bits=3, group_size=32), calib, progress=False)
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
+
+
+def test_a_model_of_no_known_family_gets_input_scales_per_linear():
+    from test_adapters import Stack
+
+    torch.manual_seed(0)
+    model = Stack().eval()
+    x = torch.randn(64, 8) * torch.linspace(0.1, 4, 8)
+    tc.apply(model, AWQ(bits=4, group_size=16), [x[:32], x[32:]], progress=False)
+    quantized = [m for m in model.layers.modules() if isinstance(m, QuantLinear)]
+    assert quantized and all(m.input_scale is not None for m in quantized)

@@ -26,7 +26,7 @@ PARTS = ("attn_in", "attn_out", "ffn_in", "ffn_out")
 class InputGroup:
     """Linears fed one tensor, where that tensor is produced, and where their error shows."""
 
-    part: str  # attn_in, attn_out, ffn_in or ffn_out
+    part: str  # attn_in, attn_out, ffn_in or ffn_out (or the linear's name, in a model of no known family)
     linears: dict[str, nn.Module]  # full names -> linears
     source: nn.Module | None  # a norm, or a linear whose output `rows` feed the group; None: not foldable
     rows: slice | None  # the source linear's output rows that are this input (a fused qkv's v part)
@@ -43,14 +43,11 @@ def input_groups(adapter: Adapter, block: Block) -> list[InputGroup]:
     groups = []
     for part in PARTS:
         linears = getattr(block, part)
-        if not linears:
-            continue
-        if family is None:
-            groups.append(InputGroup(part, linears, None, None, None))
-            continue
-        source, rows = _source(adapter, block, part, linears)
-        inspect = _inspect(family, block, part)
-        groups.append(InputGroup(part, linears, source, rows, inspect))
+        if linears:
+            source, rows = _source(adapter, block, part, linears)
+            groups.append(InputGroup(part, linears, source, rows, _inspect(family, block, part)))
+    # a model of no known family: each linear a group by itself, with nothing to fold into
+    groups += [InputGroup(name, {name: linear}, None, None, None) for name, linear in block.other.items()]
     return groups
 
 

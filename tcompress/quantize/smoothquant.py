@@ -68,7 +68,7 @@ class SmoothQuant(LinearMethod, BlockMethod):
         # not at the top: calib imports this package (through export.packed)
         from tcompress.calib import observe
 
-        groups = [(group, chosen) for group in block_groups(adapter, block)
+        groups = [(group, chosen) for group in input_groups(adapter, block)
                   if (chosen := {n: m for n, m in group.linears.items() if self.selects(n, m)})]
         firsts = dict(next(iter(group.linears.items())) for group, _ in groups)  # one linear reads each input
         absmax = observe(self, firsts, inputs, run)
@@ -82,16 +82,6 @@ class SmoothQuant(LinearMethod, BlockMethod):
                 input_scales.update(dict.fromkeys(chosen, s))
             selected.update(chosen)
         return selected, input_scales
-
-
-def block_groups(adapter: Adapter, block: Block) -> list[InputGroup]:
-    """The block's input groups; a linear in none of them (a model of no known family) is a
-    group by itself, with nothing to fold into."""
-    groups = input_groups(adapter, block)
-    grouped = {name for group in groups for name in group.linears}
-    alone = [InputGroup("other", {name: linear}, None, None, None)
-             for name, linear in block.linears.items() if name not in grouped]
-    return groups + alone
 
 
 def weight_absmax(linears: dict[str, nn.Module]) -> Tensor:
