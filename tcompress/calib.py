@@ -338,7 +338,26 @@ def sequential(model: nn.Module, calib: Calibration, method: Method | None = Non
                 replace_module(model, name, new)
         if on_block is not None:
             on_block(block, inputs.hidden)
+    if isinstance(method, LinearMethod) and not isinstance(method, BlockMethod) and getattr(method, "head", False):
+        quantize_head(method, model, inputs)
     return inputs.hidden
+
+
+def quantize_head(method: LinearMethod, model: nn.Module, inputs: BlockInputs) -> None:
+    """Apply `method` to the output head, observing the final norm of the last block's outputs."""
+    from tcompress.apply import head_of, replace_head
+
+    name, head = head_of(model, method)
+    if not method.selects(name, head):
+        return
+    norm, stats = adapter(model).final_norm(), method.init_stats(head)
+    device = _home(head)
+    for hidden in inputs.hidden:
+        x = norm(hidden.to(device) if device is not None else hidden)
+        stats = method.observe(stats, x.reshape(-1, x.shape[-1]))
+    new = method.apply(head, stats, name)
+    if new is not None and new is not head:
+        replace_head(model, name, new)
 
 
 def _split_like(inputs: BlockInputs, hidden: Tensor) -> BlockInputs:

@@ -137,7 +137,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 QUANTIZE_FIELDS = {  # config field -> the flag that sets it; a flag not given leaves the method's default
     "bits": "--bits", "group_size": "--group-size", "symmetric": "--symmetric", "search": "--search",
-    "alpha": "--alpha", "activations": "--weight-only", "threshold": "--threshold",
+    "head": "--head", "alpha": "--alpha", "activations": "--weight-only", "threshold": "--threshold",
 }
 
 
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="symmetric grid (default asymmetric)")
     weights.add_argument("--search", choices=["minmax", "mse", "hqq"], default=argparse.SUPPRESS,
                          help="each group's grid: min-max (default), clipping search, or HQQ zero optimisation")
+    weights.add_argument("--head", action="store_true", default=argparse.SUPPRESS,
+                         help="also quantize the output head (lm_head; untied from the embeddings if tied); "
+                         "default: left in float (rtn, gptq, hqq, outliers)")
     smooth = quantize.add_argument_group("smoothquant")
     smooth.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
                         help="share of the activations' range moved into the weights, in [0, 1] (default 0.5)")

@@ -220,3 +220,45 @@ def test_a_pattern_that_matches_nothing_is_refused():
         tc.apply(build("llama"), RTN(include=("*mlp_typo*",)))
     with pytest.raises(ValueError, match=r"exclude pattern 'lm_head' matches no linear"):
         tc.apply(build("llama"), RTN(exclude=("lm_head",)))
+
+
+def test_the_head_stays_float_unless_asked_and_a_tied_head_is_untied(tmp_path, tokenizer):
+    from conftest import tiny_llama
+
+    torch.manual_seed(0)
+    model = tiny_llama(tie_word_embeddings=True).eval()
+    tc.apply(model, RTN(bits=4, group_size=32))
+    assert not isinstance(model.lm_head, QuantLinear)
+    tc.apply(model, RTN(bits=8, group_size=32, head=True, include=("lm_head",)))
+    assert isinstance(model.lm_head, QuantLinear) and model.lm_head.grid.bits == 8
+    assert isinstance(model.model.embed_tokens, nn.Embedding) and not model.config.tie_word_embeddings
+    tc.save(model, tmp_path / "q", tokenizer)
+    loaded, _ = tc.load(tmp_path / "q")
+    assert torch.equal(loaded.lm_head.qweight, model.lm_head.qweight)
+    ids = example_inputs("llama")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_gptq_quantizes_the_head_from_the_final_norms_outputs():
+    model, original = build("llama"), build("llama")
+    ids = example_inputs("llama", batch=3)["input_ids"]
+    method = GPTQ(bits=4, group_size=32, head=True, include=("lm_head",))
+    tc.apply(model, method, ids, progress=False)
+    assert isinstance(model.lm_head, QuantLinear)
+    assert not any(isinstance(m, QuantLinear) for m in model.model.layers.modules())
+    with torch.no_grad():
+        hidden = original.model(ids).last_hidden_state  # the final norm's output
+    x = hidden.reshape(-1, 64)
+    expected, _, _ = gptq_quantize(original.lm_head.weight.detach(), 2 * x.t() @ x / len(x), method.grid)
+    assert (model.lm_head.codes() == expected).float().mean() > 0.99  # one Hessian, summed per batch vs at once
+
+
+def test_heads_that_cannot_be_quantized_are_refused_before_work():
+    from tcompress.quantize import AWQ
+
+    with pytest.raises(ValueError, match="no linear output head"):
+        tc.apply(build("bert"), RTN(head=True, group_size=32))
+    ids = example_inputs("llama", batch=2)["input_ids"]
+    with pytest.raises(ValueError, match="stage of its own"):
+        tc.apply(build("llama"), AWQ(head=True, group_size=32), ids)

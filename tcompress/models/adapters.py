@@ -51,6 +51,7 @@ class Family:
     mlp: str | None = None  # the FFN module, where the family has one
     v_source: str | None = None  # the linear producing the values the attention output mixes
     ffn_out_source: str | None = None  # the linear whose output scales the FFN output's input linearly
+    final_norm: str | None = None  # the norm between the last block and the LM head
 
 
 LLAMA = Family(
@@ -69,6 +70,7 @@ LLAMA = Family(
     mlp="mlp",
     v_source="self_attn.v_proj",
     ffn_out_source="mlp.up_proj",  # down(act(gate) * up): up's rows scale down's input
+    final_norm="norm",
 )
 OPT = Family(
     name="opt",
@@ -85,6 +87,7 @@ OPT = Family(
     attention="self_attn",
     v_source="self_attn.v_proj",
     ffn_out_source="fc1",  # through ReLU, which commutes with positive scales (checked at use)
+    final_norm="final_layer_norm",  # the shortest such name: the decoder's, not a block's
 )
 GPT2 = Family(
     name="gpt2",
@@ -101,6 +104,7 @@ GPT2 = Family(
     attention="attn",
     mlp="mlp",
     v_source="attn.c_attn",  # fused q, k, v: its last third
+    final_norm="ln_f",
 )
 BERT = Family(
     name="bert",
@@ -258,6 +262,10 @@ class Adapter:
             return {n: m for n, m in self.model.named_modules() if isinstance(m, nn.Embedding)}
         found = {path: _find_named(self.model, path) for path in self.family.embeddings}
         return dict(hit for hit in found.values() if hit is not None)
+
+    def final_norm(self) -> nn.Module | None:
+        """The norm that turns the last block's output into the LM head's input, if known."""
+        return _find(self.model, self.family.final_norm) if self.family else None
 
     def head(self) -> tuple[str, nn.Module] | None:
         """The output head (LM head or classifier) and its name, if the model has one."""

@@ -23,6 +23,7 @@ class WeightQuantizer(LinearMethod):
     search: str = "minmax"  # each group's grid: minmax, mse (clip search) or hqq (zero optimised)
     include: tuple[str, ...] = ()  # fnmatch patterns of the linears to quantize; empty: all
     exclude: tuple[str, ...] = ()  # fnmatch patterns of linear names left in float
+    head: bool = False  # also quantize the output head (e.g. lm_head), left in float by default
 
     def __post_init__(self) -> None:
         _ = self.grid  # validates bits, group_size and search now, before any work
