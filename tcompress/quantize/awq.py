@@ -25,8 +25,16 @@ from tcompress.methods import BlockMethod, register
 from tcompress.models.adapters import Adapter, Block, linear_weight
 from tcompress.quantize.base import WeightQuantizer
 from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid, as_stored, expand, fake_quantize, group_params, quantize_codes, \
-    scale_zero, value_range
+from tcompress.quantize.grid import (
+    Grid,
+    as_stored,
+    expand,
+    fake_quantize,
+    group_params,
+    quantize_codes,
+    scale_zero,
+    value_range,
+)
 from tcompress.quantize.scaling import InputGroup, fold, input_groups, scale_inputs
 
 if TYPE_CHECKING:
@@ -108,7 +116,7 @@ class AWQ(WeightQuantizer, BlockMethod):
     # --- scale search ----------------------------------------------------------------------
     def search_scale(self, group: InputGroup, seen: Seen) -> Tensor:
         """The per-channel scale (as fp16 will store it) with the smallest output error."""
-        x_mean = torch.cat([x.abs().float() for x in seen.inputs]).mean(dim=0)
+        x_mean = seen.x().abs().mean(dim=0)
         w_mean = self._weight_mean(group) if self.duo_scaling else None
         reference = [out for _, _, out in seen.calls] or None
         best, best_error = torch.ones_like(x_mean), float("inf")
@@ -178,9 +186,7 @@ class AWQ(WeightQuantizer, BlockMethod):
             scale, zero = group_params(w, self.grid)
         n = w.shape[1]
         codes = quantize_codes(w, expand(scale, n), expand(zero, n), self.grid.maxq).to(torch.uint8)
-        bias = linear.bias.detach() if linear.bias is not None else None
-        dtype = linear.weight.dtype if linear.weight.is_floating_point() else torch.float32
-        return QuantLinear.from_codes(codes, scale, zero, self.grid, bias, dtype, input_scale).to(linear.weight.device)
+        return self.pack(linear, codes, scale, zero, input_scale)
 
 
 def record(groups: list[InputGroup], inputs: BlockInputs, run: BlockRunner, batches: range) -> dict[str, Seen]:
@@ -222,7 +228,7 @@ def clip_search(w: Tensor, x: Tensor, grid: Grid, max_shrink: float, steps: int 
     low, high = value_range(rows, grid)
     best_scale, best_zero = as_stored(*scale_zero(low, high, grid))
     best_error = torch.full((out_features, groups), float("inf"))
-    for i in range(max(1, int(round(max_shrink * steps)))):
+    for i in range(max(1, round(max_shrink * steps))):
         factor = 1 - i / steps
         scale, zero = as_stored(*scale_zero(low * factor, high * factor, grid))
         d = (fake_quantize(rows, scale[:, None], zero[:, None], grid.maxq) - rows).view(out_features, groups, size)

@@ -43,7 +43,8 @@ class WeightQuantizer(LinearMethod):
     def weight_of(linear: nn.Module) -> Tensor:
         return linear_weight(linear).detach().float()  # [out, in]
 
-    def pack(self, linear: nn.Module, codes: Tensor, scale: Tensor, zero: Tensor) -> QuantLinear:
+    def pack(self, linear: nn.Module, codes: Tensor, scale: Tensor, zero: Tensor,
+             input_scale: Tensor | None = None) -> QuantLinear:
         bias = linear.bias.detach() if linear.bias is not None else None
         dtype = linear.weight.dtype if linear.weight.is_floating_point() else torch.float32
-        return QuantLinear.from_codes(codes, scale, zero, self.grid, bias, dtype).to(linear.weight.device)
+        return QuantLinear.from_codes(codes, scale, zero, self.grid, bias, dtype, input_scale).to(linear.weight.device)

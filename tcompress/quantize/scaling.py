@@ -94,8 +94,7 @@ def fold(group: InputGroup, s: Tensor) -> None:
     s = s.float()
     source = group.source
     if is_linear(source):
-        weight = linear_weight(source)
-        rows = group.rows or slice(0, weight.shape[0])
+        weight, rows = linear_weight(source), group.rows or slice(None)
         weight[rows].div_(s[:, None].to(weight.dtype))
         if source.bias is not None:
             source.bias[rows].div_(s.to(source.bias.dtype))
