@@ -24,11 +24,31 @@ from tcompress.quantize.grid import Grid, choose_grid, quantize_codes
 
 @dataclass
 class HessianStats:
-    total: Tensor  # sum of x xᵀ, [in, in], float32
+    total: Tensor  # sum of x xᵀ, [in, in], float32; only its upper block triangle is accumulated
     count: int = 0
 
+    def add(self, x: Tensor) -> None:
+        """Accumulate the inputs `x` `[tokens, in]`."""
+        add_gram(self.total, x.float())
+        self.count += x.shape[0]
+
     def hessian(self) -> Tensor:
-        return 2 * self.total / max(self.count, 1)
+        return 2 * symmetric_from_upper(self.total) / max(self.count, 1)
+
+
+def add_gram(total: Tensor, x: Tensor, block: int = 256) -> None:
+    """Add the upper block triangle of xᵀx to `total`: row strips of `block` columns, each
+    from its diagonal block on, which skips almost half of the product for wide inputs."""
+    width = x.shape[1]
+    for start in range(0, width, block):
+        end = min(start + block, width)
+        total[start:end, start:].addmm_(x[:, start:end].t(), x[:, start:])
+
+
+def symmetric_from_upper(total: Tensor) -> Tensor:
+    """The symmetric matrix whose upper triangle is that of `total`."""
+    upper = total.triu()
+    return upper + upper.triu(1).t()
 
 
 def group_grid(w: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
@@ -48,6 +68,7 @@ def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, da
     """Codes `[out, in]` and per-group scales and zeros `[out, groups]` of `w` `[out, in]`.
 
     Runs in the dtype of `w` and `h` (float32 in use; float64 in the reference test).
+    The weight is held transposed, so each column to quantize is one contiguous row.
     """
     w, h = w.clone(), h.clone()
     out_features, in_features = w.shape
@@ -56,32 +77,33 @@ def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, da
     dead = h.diagonal() == 0  # inputs that never fire: any value is exact
     h[dead, dead] = 1
     w[:, dead] = 0
-    scales = torch.zeros(out_features, groups, dtype=w.dtype)
+    scales = torch.zeros(groups, out_features, dtype=w.dtype)
     zeros = torch.zeros_like(scales)
     if act_order:  # static groups: every grid from the unquantized weight
         for g in range(groups):
-            scales[:, g], zeros[:, g] = group_grid(w[:, g * size : (g + 1) * size], grid)
+            scales[g], zeros[g] = group_grid(w[:, g * size : (g + 1) * size], grid)
     order = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(in_features)
-    w, h = w[:, order], h[order][:, order]
-    factor = inverse_hessian_factor(h, damp)
-    codes = torch.zeros_like(w)
+    factor = inverse_hessian_factor(h[order][:, order], damp)
+    pivots = factor.diagonal().tolist()
+    rows = w.t()[order].contiguous()  # [in, out]: row i is the i-th column to quantize
+    codes = torch.empty_like(rows)
     columns = order.tolist()
     for start in range(0, in_features, block_size):
         end = min(start + block_size, in_features)
-        errors = torch.zeros(out_features, end - start, dtype=w.dtype)
+        errors = torch.empty(end - start, out_features, dtype=w.dtype)
         for i in range(start, end):
             column, group = columns[i], columns[i] // size
             if not act_order and column % size == 0:  # dynamic groups: grid from the updated weight
-                scales[:, group], zeros[:, group] = group_grid(w[:, i : i + size], grid)
-            scale, zero = scales[:, group : group + 1], zeros[:, group : group + 1]
-            q = quantize_codes(w[:, i : i + 1], scale, zero, grid.maxq)  # [out, 1]
-            codes[:, i : i + 1] = q
-            error = (w[:, i : i + 1] - (q - zero) * scale) / factor[i, i]
-            w[:, i:end] -= error * factor[i, i:end]
-            errors[:, i - start] = error[:, 0]
-        w[:, end:] -= errors @ factor[start:end, end:]
-    inverse = torch.argsort(order)
-    return codes[:, inverse].to(torch.uint8), scales, zeros
+                scales[group], zeros[group] = group_grid(rows[i : i + size].t(), grid)
+            scale, zero = scales[group], zeros[group]
+            q = quantize_codes(rows[i], scale, zero, grid.maxq)
+            codes[i] = q
+            error = errors[i - start]
+            torch.sub(rows[i], (q - zero).mul_(scale), out=error).div_(pivots[i])
+            rows[i + 1 : end].addr_(factor[i, i + 1 : end], error, alpha=-1)
+        rows[end:].addmm_(factor[start:end, end:].t(), errors, alpha=-1)
+    codes = codes[torch.argsort(order)].t()
+    return codes.to(torch.uint8), scales.t().contiguous(), zeros.t().contiguous()
 
 
 @register
@@ -109,9 +131,7 @@ class GPTQ(WeightQuantizer):
         return HessianStats(torch.zeros(n, n, dtype=torch.float32, device=linear.weight.device))
 
     def observe(self, stats: HessianStats, x: Tensor) -> HessianStats:  # x: [tokens, in]
-        x = x.float()
-        stats.total.addmm_(x.t(), x)
-        stats.count += x.shape[0]
+        stats.add(x)
         return stats
 
     def apply(self, linear: nn.Module, stats: HessianStats, name: str) -> QuantLinear:
