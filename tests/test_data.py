@@ -1,3 +1,4 @@
+import copy
 import gzip
 import json
 import struct
@@ -5,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from tokenizers import processors
 
 import tcompress as tc
 from tcompress.data.text import tokenize
@@ -156,3 +158,15 @@ def test_missing_image_sets(tmp_path, monkeypatch):
         tc.data.images("mnist", limit=0)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         tc.data.images(str(tmp_path / "nothing"))
+
+
+def test_calibration_samples_are_framed_like_the_tokenizers_inputs(tokenizer):
+    framing = copy.deepcopy(tokenizer)
+    framing.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<eos> $A <eos>", special_tokens=[("<eos>", 256)])
+    assert framing("a")["input_ids"] == [256, *tokenizer("a")["input_ids"], 256]
+    samples = tc.data.calibration("pydoc", framing, n=4, seqlen=32, seed=0)
+    plain = tc.data.calibration("pydoc", tokenizer, n=4, seqlen=30, seed=0)
+    assert samples.shape == (4, 32)
+    assert (samples[:, 0] == 256).all() and (samples[:, -1] == 256).all()
+    torch.testing.assert_close(samples[:, 1:-1], plain)

@@ -115,11 +115,12 @@ def _hub_text(name: str, split: str) -> str:
     return corpus.joiner.join(rows[corpus.column])
 
 
-def tokenize(text: str, tokenizer: Any) -> Tensor:
-    """Token ids of the whole text, `[tokens]` (the tokenizer's own special tokens kept)."""
+def tokenize(text: str, tokenizer: Any, special: bool = True) -> Tensor:
+    """Token ids of the whole text, `[tokens]` (with the tokenizer's own special tokens
+    around it, unless `special=False`)."""
     if tokenizer is None:
         raise ValueError("tokenizer is None: text data needs the model's tokenizer")
-    ids = tokenizer(text, return_attention_mask=False, verbose=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=special, return_attention_mask=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -137,14 +138,32 @@ def windows(source: str | os.PathLike, tokenizer: Any, seqlen: int = 2048, limit
 
 def calibration(source: str | os.PathLike, tokenizer: Any, n: int = 128, seqlen: int = 512, seed: int = 0,
                 split: str = "train") -> Tensor:
-    """`n` samples of `seqlen` tokens at random offsets of the text, `[n, seqlen]`."""
+    """`n` samples of `seqlen` tokens at random offsets of the text, `[n, seqlen]`.
+
+    Each sample is framed as the tokenizer frames an input (e.g. `[CLS] ... [SEP]` for
+    BERT; nothing for GPT-2-style tokenizers), so the calibration activations include
+    those tokens' as the model's real inputs do."""
     _check_positive(n=n, seqlen=seqlen)
-    ids = tokenize(load_text(source, split), tokenizer)
-    if ids.numel() <= seqlen:
-        raise ValueError(f"data set {str(source)!r} has {ids.numel()} tokens, not more than seqlen={seqlen}")
+    before, after = special_tokens(tokenizer)
+    body = seqlen - len(before) - len(after)
+    ids = tokenize(load_text(source, split), tokenizer, special=False)
+    if body <= 0 or ids.numel() <= body:
+        raise ValueError(f"data set {str(source)!r} has {ids.numel()} tokens, not more than seqlen={seqlen} "
+                         f"less {len(before) + len(after)} special tokens")
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seqlen, (n,), generator=generator)
-    return torch.stack([ids[start : start + seqlen] for start in starts.tolist()])
+    starts = torch.randint(0, ids.numel() - body, (n,), generator=generator)
+    before, after = torch.tensor(before, dtype=torch.long), torch.tensor(after, dtype=torch.long)
+    return torch.stack([torch.cat([before, ids[start : start + body], after]) for start in starts.tolist()])
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text's own (e.g. [CLS] and [SEP])."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("a", add_special_tokens=True)["input_ids"]
+    at = next((i for i in range(len(framed) - len(plain) + 1) if framed[i : i + len(plain)] == plain), None)
+    if at is None:
+        return [], []
+    return framed[:at], framed[at + len(plain):]
 
 
 def _check_positive(**values: int | None) -> None:
