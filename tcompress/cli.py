@@ -105,13 +105,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
+    compress_and_report(args, method_from_flags(args, QUANTIZE_FIELDS))
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    compress_and_report(args, method_from_flags(args, PRUNE_FIELDS))
+
+
+def compress_and_report(args: argparse.Namespace, method) -> None:
+    """Load, apply `method`, save to --out; print size, time and (with --eval) perplexity
+    before and after."""
     import time
 
     import tcompress as tc
     from tcompress.eval.latency import tensor_bytes
     from tcompress.report import format_table
 
-    method = quantize_method(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; expected a folder")
@@ -141,26 +150,31 @@ QUANTIZE_FIELDS = {  # config field -> the flag that sets it; a flag not given l
 }
 
 
-def quantize_method(args: argparse.Namespace):
+PRUNE_FIELDS = {"sparsity": "--sparsity", "pattern": "--pattern", "bits": "--bits", "group_size": "--group-size"}
+
+
+def method_from_flags(args: argparse.Namespace, flags: dict[str, str]):
     """The method config from the flags given; a flag the method has no field for is refused."""
     import dataclasses
 
     from tcompress.methods import METHODS, method_from
 
-    given = {field: getattr(args, field) for field in QUANTIZE_FIELDS if hasattr(args, field)}
+    given = {field: getattr(args, field) for field in flags if hasattr(args, field)}
     fields = {f.name for f in dataclasses.fields(METHODS[args.method])}
-    foreign = [QUANTIZE_FIELDS[field] for field in given if field not in fields]
+    foreign = [flags[field] for field in given if field not in fields]
     if foreign:
-        own = sorted(flag for field, flag in QUANTIZE_FIELDS.items() if field in fields)
+        own = sorted(flag for field, flag in flags.items() if field in fields)
         raise ValueError(f"{', '.join(foreign)} does not apply to --method {args.method} (its options: {', '.join(own)})")
     return method_from({"method": args.method, **given})
 
 
 def method_label(method) -> str:
-    """E.g. `gptq W4 g64`, `smoothquant W8A8 alpha=0.5`, `outliers W8 gchannel threshold=6.0`."""
+    """E.g. `gptq W4 g64`, `smoothquant W8A8 alpha=0.5`, `wanda 2:4`, `sparsegpt 50% W4 g64`."""
     fields = method.to_dict()
     label = [method.name]
-    if "bits" in fields:
+    if "sparsity" in fields:
+        label.append(fields["pattern"] or f"{method.sparsity_of(''):.0%}")
+    if fields.get("bits") is not None:
         label.append(f"W{fields['bits']} g{fields['group_size'] or 'channel'}")
     if "activations" in fields:
         label.append("W8A8" if fields["activations"] else "W8")
@@ -203,6 +217,17 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def add_calibration_and_output(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--calib", default="pydoc", help="calibration text: corpus name or file (default pydoc)")
+    parser.add_argument("--calib-samples", type=_positive, default=128, help="default 128")
+    parser.add_argument("--calib-seqlen", type=_positive, default=512, help="default 512")
+    parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default 0)")
+    parser.add_argument("--eval", metavar="DATA", help="also print perplexity before and after on DATA")
+    parser.add_argument("--eval-windows", type=_positive, default=16, help="default 16")
+    parser.add_argument("--eval-seqlen", type=_positive, default=2048, help="default 2048")
+    parser.add_argument("--out", required=True, help=f"folder to save the {what} model to")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,15 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
     kept.add_argument("--threshold", type=float, default=argparse.SUPPRESS,
                       help="input channels whose calibration activations exceed this magnitude stay in fp16 "
                       "(default 6.0)")
-    quantize.add_argument("--calib", default="pydoc", help="calibration text: corpus name or file (default pydoc)")
-    quantize.add_argument("--calib-samples", type=_positive, default=128, help="default 128")
-    quantize.add_argument("--calib-seqlen", type=_positive, default=512, help="default 512")
-    quantize.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default 0)")
-    quantize.add_argument("--eval", metavar="DATA", help="also print perplexity before and after on DATA")
-    quantize.add_argument("--eval-windows", type=_positive, default=16, help="default 16")
-    quantize.add_argument("--eval-seqlen", type=_positive, default=2048, help="default 2048")
-    quantize.add_argument("--out", required=True, help="folder to save the quantized model to")
+    add_calibration_and_output(quantize, "quantized")
     quantize.set_defaults(run=cmd_quantize)
+
+    prune = commands.add_parser(
+        "prune", help="prune weights (unstructured or N:M; stored sparse) and save the model",
+        epilog=EPILOG + " Options a method does not have are refused; those not given take the method's default.")
+    prune.add_argument("model", metavar="MODEL")
+    prune.add_argument("--method", default="sparsegpt", choices=["sparsegpt", "wanda", "magnitude"],
+                       help="default sparsegpt (OBS updates of the kept weights); wanda = |w| times input norm, "
+                       "no update; magnitude = |w|, no data")
+    prune.add_argument("--sparsity", type=float, default=argparse.SUPPRESS,
+                       help="share of each linear's weights set to zero, in [0, 1) (default 0.5)")
+    prune.add_argument("--pattern", metavar="N:M", default=argparse.SUPPRESS,
+                       help="N kept weights in every M consecutive inputs, e.g. 2:4 (instead of --sparsity)")
+    joint = prune.add_argument_group("joint sparsify-and-quantize (sparsegpt)")
+    joint.add_argument("--bits", type=int, default=argparse.SUPPRESS, help="also quantize the kept weights: 2, 3, 4 or 8")
+    joint.add_argument("--group-size", type=_group_size, default=argparse.SUPPRESS,
+                       help="with --bits: input channels per scale, or 'channel' (default 64)")
+    add_calibration_and_output(prune, "pruned")
+    prune.set_defaults(run=cmd_prune)
 
     run = commands.add_parser("run", help="apply a YAML recipe (a list of method stages) and save the model",
                               epilog=EPILOG + " A recipe: {calibration: {source: pydoc, n: 128, seqlen: 512, "

@@ -16,7 +16,7 @@ def tiny_folder(tmp_path_factory, tokenizer):
     return str(folder)
 
 
-@pytest.mark.parametrize("command", ["info", "eval", "bench"])
+@pytest.mark.parametrize("command", ["info", "eval", "bench", "quantize", "prune"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit:
         main([command, "--help"])
@@ -118,3 +118,30 @@ def test_quantize_refuses_options_of_other_methods_and_bad_values(tiny_folder, t
     assert main(["-q", "quantize", tiny_folder, *flags, "--out", str(tmp_path / "q")]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("flags, label, module", [
+    (["--method", "wanda", "--sparsity", "0.6"], "wanda 60%", "SparseLinear"),
+    (["--method", "sparsegpt", "--pattern", "2:4"], "sparsegpt 2:4", "SparseLinear"),
+    (["--method", "magnitude"], "magnitude 50%", "SparseLinear"),
+    (["--pattern", "2:4", "--bits", "4", "--group-size", "32"], "sparsegpt 2:4 W4 g32", "QuantLinear"),
+])
+def test_prune_saves_a_sparse_model(tiny_folder, tmp_path, capsys, flags, label, module):
+    out = tmp_path / "p"
+    assert main(["-q", "prune", tiny_folder, *flags, "--calib-samples", "2", "--calib-seqlen", "32",
+                 "--eval", "pydoc", "--eval-windows", "1", "--eval-seqlen", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert label in printed and "perplexity" in printed
+    model, _ = tc.load(out)
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == module
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--sparsity", "1.2"], r"sparsity must be a fraction in \[0, 1\)"),
+    (["--pattern", "4:2"], "need 0 < N < M"),
+    (["--method", "wanda", "--bits", "4"], "--bits does not apply to --method wanda"),
+])
+def test_prune_refuses_bad_settings_before_loading(tiny_folder, tmp_path, capsys, flags, match):
+    assert main(["-q", "prune", tiny_folder, *flags, "--out", str(tmp_path / "p")]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "p").exists()

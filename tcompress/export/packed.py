@@ -1,4 +1,4 @@
-"""Packed modules (QuantLinear, Int8Linear) in a saved folder: their layouts go into
+"""Packed modules (QuantLinear, Int8Linear, SparseLinear) in a saved folder: their layouts go into
 `tcompress.json`, their buffers into the safetensors files, and loading rebuilds the model
 with the packed modules in place, so a 4-bit model stays 4-bit in memory and on disk."""
 
@@ -12,10 +12,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tcompress.methods import replace_module
+from tcompress.prune.sparse import SparseLinear
 from tcompress.quantize.formats import QuantLinear
 from tcompress.quantize.int8 import Int8Linear
 
-PACKED_MODULES: dict[str, type[nn.Module]] = {QuantLinear.format: QuantLinear, Int8Linear.format: Int8Linear}
+PACKED_MODULES: dict[str, type[nn.Module]] = {module.format: module for module in (QuantLinear, Int8Linear, SparseLinear)}
 
 
 def packed_layouts(model: nn.Module) -> dict[str, dict]:

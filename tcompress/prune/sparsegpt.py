@@ -1,0 +1,139 @@
+"""SparseGPT: prune a layer's columns one at a time, moving each pruned (and, in the joint
+mode, quantized) weight's error onto the columns not yet processed through the inverse
+Hessian (Frantar & Alistarh, 2023, arXiv:2301.00774).
+
+As in GPTQ, H = 2 X Xᵀ / n, damped, and the upper Cholesky factor U of its inverse gives
+every column's OBS update. The mask is chosen adaptively: at the start of each block of
+`block_size` columns, the weights of the block with the smallest w² / U_jj² (their OBS
+error) are pruned, `sparsity` of them across the whole block; with an N:M pattern, the
+M - N smallest of every M consecutive columns of a row are pruned when the first of them
+is reached. With `bits` set, every kept weight is quantized on the grid of its group in the
+same pass (the joint sparsify-and-quantize mode), and the result is a `QuantLinear`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from tcompress.methods import register
+from tcompress.prune.base import Pruner
+from tcompress.prune.masks import keep_mask, lowest
+from tcompress.quantize.formats import QuantLinear
+from tcompress.quantize.gptq import HessianStats, group_grid, inverse_hessian_factor
+from tcompress.quantize.grid import Grid, quantize_codes
+
+
+@dataclass
+class Pruned:
+    weight: Tensor  # [out, in], zero where pruned
+    kept: Tensor  # bool [out, in]
+    codes: Tensor | None = None  # uint8 [out, in] in the joint mode
+    scales: Tensor | None = None  # [out, groups]
+    zeros: Tensor | None = None
+
+
+def sparsegpt_prune(w: Tensor, h: Tensor, sparsity: float, *, nm: tuple[int, int] | None = None,
+                    grid: Grid | None = None, block_size: int = 128, damp: float = 0.01) -> Pruned:
+    """Prune `w` `[out, in]` given the Hessian `h` `[in, in]` of its inputs; with `grid`,
+    quantize the kept weights too. Runs in the dtype of `w` and `h`."""
+    w, h = w.clone(), h.clone()
+    out_features, in_features = w.shape
+    dead = h.diagonal() == 0  # inputs that never fire: their weights go first
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    factor = inverse_hessian_factor(h, damp)
+    pivots = factor.diagonal()
+    rows = w.t().contiguous()  # [in, out]: row i is column i of the weight
+    kept = torch.ones_like(rows, dtype=torch.bool)
+    size = (grid.group_size or in_features) if grid is not None else in_features
+    codes = torch.zeros_like(rows, dtype=torch.uint8) if grid is not None else None
+    groups = in_features // size
+    scales = torch.zeros(groups, out_features, dtype=w.dtype)
+    zeros = torch.zeros_like(scales)
+    for start in range(0, in_features, block_size):
+        end = min(start + block_size, in_features)
+        if nm is None:  # the block's mask at once, from its OBS errors
+            errors_if_pruned = rows[start:end].pow(2) / pivots[start:end, None].pow(2)
+            kept[start:end] = keep_mask(errors_if_pruned, sparsity, per_row=False)
+        errors = torch.empty(end - start, out_features, dtype=w.dtype)
+        for i in range(start, end):
+            if nm is not None and (i - start) % nm[1] == 0:
+                n, m = nm
+                errors_if_pruned = rows[i : i + m].pow(2) / pivots[i : i + m, None].pow(2)
+                kept[i : i + m] = ~lowest(errors_if_pruned, m - n, dim=0)
+            value = rows[i] * kept[i]
+            if grid is not None:
+                if i % size == 0:
+                    scales[i // size], zeros[i // size] = group_grid(rows[i : i + size].t(), grid)
+                scale, zero = scales[i // size], zeros[i // size]
+                code = torch.where(kept[i], quantize_codes(value, scale, zero, grid.maxq), zero)
+                codes[i] = code.to(torch.uint8)
+                value = (code - zero) * scale
+            error = errors[i - start]
+            torch.sub(rows[i], value, out=error).div_(pivots[i])
+            rows[i + 1 : end].addr_(factor[i, i + 1 : end], error, alpha=-1)
+            rows[i] = value
+        rows[end:].addmm_(factor[start:end, end:].t(), errors, alpha=-1)
+    result = Pruned(rows.t().contiguous(), kept.t().contiguous())
+    if grid is not None:
+        result.codes, result.scales, result.zeros = codes.t().contiguous(), scales.t().contiguous(), zeros.t().contiguous()
+    return result
+
+
+@register
+@dataclass(frozen=True)
+class SparseGPT(Pruner):
+    """SparseGPT pruning (optionally with quantization: set `bits`)."""
+
+    name = "sparsegpt"
+    true_sequential = True
+    input_only_stats = True  # the Hessian is the inputs' alone: q, k and v share one
+    block_size: int = 128
+    damp: float = 0.01  # fraction of the mean Hessian diagonal added to it
+    bits: int | None = None  # quantize the kept weights too (joint mode): 2, 3, 4 or 8
+    group_size: int | None = 64  # with bits: input channels per scale; None: per channel
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.damp < 1:
+            raise ValueError(f"damp must be in [0, 1), got {self.damp!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size <= 0:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if self.nm is not None and self.block_size % self.nm[1]:
+            raise ValueError(f"block_size={self.block_size} must be a multiple of M={self.nm[1]} of the pattern")
+        _ = self.grid  # validates bits and group_size now
+
+    @property
+    def grid(self) -> Grid | None:
+        return None if self.bits is None else Grid(self.bits, self.group_size, self.symmetric)
+
+    def check(self, name: str, linear: nn.Module) -> None:
+        super().check(name, linear)
+        if self.grid is not None:
+            in_features = self.weight_of(linear).shape[1]
+            try:
+                self.grid.groups_of(in_features)
+            except ValueError as error:
+                raise ValueError(f"{self.name}: {name}: {error}") from None
+
+    def init_stats(self, linear: nn.Module) -> HessianStats:
+        n = self.weight_of(linear).shape[1]
+        return HessianStats(torch.zeros(n, n, dtype=torch.float32, device=linear.weight.device))
+
+    def observe(self, stats: HessianStats, x: Tensor) -> HessianStats:
+        stats.add(x)
+        return stats
+
+    def apply(self, linear: nn.Module, stats: HessianStats, name: str) -> nn.Module:
+        w = self.weight_of(linear).float().to(stats.total.device)
+        pruned = sparsegpt_prune(w, stats.hessian(), self.sparsity_of(name), nm=self.nm, grid=self.grid,
+                                 block_size=self.block_size, damp=self.damp)
+        if self.grid is None:
+            return self.pack(linear, pruned.weight)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        return QuantLinear.from_codes(pruned.codes, pruned.scales, pruned.zeros, self.grid, bias,
+                                      linear.weight.dtype).to(linear.weight.device)
