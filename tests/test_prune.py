@@ -37,9 +37,9 @@ def test_sparsegpt_beats_wanda_and_magnitude_on_the_layer_output_error():
     w, x, h = hessian_case(seed=2, out=64, n_in=96)
     linear = nn.Linear(96, 64, bias=False)
     linear.weight.data.copy_(w)
-    magnitude = Magnitude(sparsity=0.5).apply(linear, None, "l").dense_weight()
+    magnitude = Magnitude(sparsity=0.5).apply(linear, None, "l").weight
     wanda_stats = Wanda().observe(Wanda().init_stats(linear), x)
-    wanda = Wanda(sparsity=0.5).apply(linear, wanda_stats, "l").dense_weight()
+    wanda = Wanda(sparsity=0.5).apply(linear, wanda_stats, "l").weight
     sparsegpt = sparsegpt_prune(w, h, 0.5).weight
     error = lambda q: (x @ (w - q).t()).pow(2).mean().item()  # noqa: E731
     assert error(sparsegpt) < 0.7 * error(wanda) < 0.7 * error(magnitude)
@@ -114,17 +114,25 @@ def test_sparse_model_saves_smaller_and_loads_bit_exactly(tmp_path, tokenizer):
     for name, module in pruned_linears(model).items():
         other = loaded.get_submodule(name)
         assert isinstance(other, SparseLinear)
-        assert torch.equal(other.dense_weight(), module.dense_weight())
+        assert torch.equal(other.weight, module.weight)
     ids = example_inputs("llama")["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
 
 
-def test_sparse_linear_bytes_follow_the_formula():
+def test_sparse_linear_is_dense_in_memory_and_stored_as_bitmask_and_values():
     layer = nn.Linear(576, 1536, bias=False)
     sparse = Magnitude(sparsity=0.5).apply(layer, None, "x")
-    assert sparse.nbytes() == 1536 * 576 // 8 + (1536 * 576 // 2) * 4
-    assert sparse.nbytes() < 0.55 * 1536 * 576 * 4
+    assert isinstance(sparse, nn.Linear) and torch.equal(sparse(torch.ones(2, 576)), nn.functional.linear(
+        torch.ones(2, 576), sparse.weight))
+    state = sparse.state_dict()
+    assert set(state) == {"mask", "values"} and state["mask"].dtype == torch.uint8
+    stored = sum(t.numel() * t.element_size() for t in state.values())
+    assert stored == sparse.stored_bytes() == 1536 * 576 // 8 + (1536 * 576 // 2) * 4
+    assert stored < 0.55 * 1536 * 576 * 4
+    copy = SparseLinear(576, 1536, bias=False)
+    copy.load_state_dict(state)
+    assert torch.equal(copy.weight, sparse.weight)
 
 
 def test_per_layer_sparsity_by_pattern():
