@@ -10,7 +10,7 @@ from torch import nn
 
 from tcompress.calib import Calibration, sequential
 from tcompress.export.checkpoint import record_of
-from tcompress.methods import BlockMethod, LinearMethod, Method, method_from, replace_module
+from tcompress.methods import BlockMethod, LinearMethod, Method, ModelMethod, method_from, replace_module
 from tcompress.models.adapters import adapter, is_linear
 
 
@@ -30,8 +30,12 @@ def apply(model: nn.Module, method: Method | dict[str, Any], calib: Calibration 
         raise ValueError(f"method {method.name!r} needs calibration data: pass calib (e.g. tc.data.calibration(...))")
     if isinstance(method, LinearMethod):
         _check_targets(model, method)
+    if isinstance(method, ModelMethod):
+        method.check(model)
     with torch.no_grad():
-        if method.needs_data:
+        if isinstance(method, ModelMethod):
+            method.apply_model(model, calib, progress=progress)
+        elif method.needs_data:
             sequential(model, calib, method, batch_size=batch_size, device=device, progress=progress)
         elif isinstance(method, LinearMethod):
             _apply_without_data(model, method)

@@ -1,12 +1,12 @@
 """Methods: typed configs, a registry by name, and `tc.apply`.
 
-A method is a frozen dataclass. It takes one of two shapes, kept deliberately flat:
+A method is a frozen dataclass. It takes one of three shapes, kept deliberately flat:
 
 - `LinearMethod` acts on one linear at a time: the engine hands it the linear's inputs
   (`observe`), then asks it to change the linear (`apply`), which may return a
   replacement module (a packed `QuantLinear`, say).
-- `BlockMethod` acts on a whole block and its inputs (scale search, norm folding,
-  dropping the block).
+- `BlockMethod` acts on a whole block and its inputs (scale search, norm folding).
+- `ModelMethod` changes the model as a whole (structured pruning shrinks its config).
 
 `register` files a method under its `name`, so recipes, the CLI and Python name methods
 by the same strings.
@@ -70,6 +70,16 @@ class BlockMethod(Method):
                     ) -> dict[str, nn.Module] | None:
         """Change the block in place; may return replacement modules by full name (packed
         linears, say), which the engine puts in place once the block's outputs are computed."""
+        raise NotImplementedError
+
+
+class ModelMethod(Method):
+    """A method that changes the model as a whole (its architecture, say), given calibration data."""
+
+    def check(self, model: nn.Module) -> None:
+        """Raise a clear error if the model cannot take the method (before any work)."""
+
+    def apply_model(self, model: nn.Module, calib: Any, progress: bool = True) -> None:
         raise NotImplementedError
 
 

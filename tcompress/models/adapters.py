@@ -52,6 +52,8 @@ class Family:
     v_source: str | None = None  # the linear producing the values the attention output mixes
     ffn_out_source: str | None = None  # the linear whose output scales the FFN output's input linearly
     final_norm: str | None = None  # the norm between the last block and the LM head
+    ffn_size: str | None = "intermediate_size"  # the config field of the FFN width
+    head_config: bool = False  # the config can express fewer heads of the same size (head pruning saves plainly)
 
 
 LLAMA = Family(
@@ -71,6 +73,7 @@ LLAMA = Family(
     v_source="self_attn.v_proj",
     ffn_out_source="mlp.up_proj",  # down(act(gate) * up): up's rows scale down's input
     final_norm="norm",
+    head_config=True,  # num_attention_heads, num_key_value_heads and head_dim
 )
 OPT = Family(
     name="opt",
@@ -88,6 +91,7 @@ OPT = Family(
     v_source="self_attn.v_proj",
     ffn_out_source="fc1",  # through ReLU, which commutes with positive scales (checked at use)
     final_norm="final_layer_norm",  # the shortest such name: the decoder's, not a block's
+    ffn_size="ffn_dim",
 )
 GPT2 = Family(
     name="gpt2",
@@ -105,6 +109,7 @@ GPT2 = Family(
     mlp="mlp",
     v_source="attn.c_attn",  # fused q, k, v: its last third
     final_norm="ln_f",
+    ffn_size="n_inner",
 )
 BERT = Family(
     name="bert",
@@ -138,6 +143,7 @@ VIT = Family(
     attention="attention",
     mlp="mlp",
     v_source="attention.v_proj",
+    head_config=True,  # num_attention_heads and head_dim
 )
 VIT_LEGACY = replace(  # the layout of transformers before 5
     VIT,
@@ -149,6 +155,7 @@ VIT_LEGACY = replace(  # the layout of transformers before 5
     attention="attention.attention",
     mlp=None,
     v_source="attention.attention.value",
+    head_config=False,
 )
 FAMILIES = (LLAMA, OPT, GPT2, BERT, VIT, VIT_LEGACY)
 
