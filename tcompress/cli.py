@@ -109,7 +109,23 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
+    if args.structured:
+        compress_and_report(args, structured_method(args))
+        return
+    args.method = args.method or "sparsegpt"
     compress_and_report(args, method_from_flags(args, PRUNE_FIELDS))
+
+
+def structured_method(args: argparse.Namespace):
+    from tcompress.prune import Structured
+
+    unstructured = [flag for field, flag in PRUNE_FIELDS.items() if hasattr(args, field)]
+    if unstructured or args.method is not None:
+        raise ValueError(f"--structured does not take {', '.join(unstructured) or '--method'} "
+                         f"(it removes heads, channels and blocks)")
+    parts = tuple(part for part in ("heads", "channels", "blocks") if getattr(args, part)) or ("heads", "channels")
+    return Structured(target_params=args.target_params, parts=parts, remove_heads=args.remove_heads,
+                      remove_channels=args.remove_channels, remove_blocks=args.remove_blocks)
 
 
 def compress_and_report(args: argparse.Namespace, method) -> None:
@@ -174,6 +190,8 @@ def method_label(method) -> str:
     label = [method.name]
     if "sparsity" in fields:
         label.append(fields["pattern"] or f"{method.sparsity_of(''):.0%}")
+    if fields.get("target_params") is not None:
+        label.append(f"{fields['target_params']:.0%} params, {'+'.join(fields['parts'])}")
     if fields.get("bits") is not None:
         label.append(f"W{fields['bits']} g{fields['group_size'] or 'channel'}")
     if "activations" in fields:
@@ -300,9 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         "prune", help="prune weights (unstructured or N:M; stored sparse) and save the model",
         epilog=EPILOG + " Options a method does not have are refused; those not given take the method's default.")
     prune.add_argument("model", metavar="MODEL")
-    prune.add_argument("--method", default="sparsegpt", choices=["sparsegpt", "wanda", "magnitude"],
-                       help="default sparsegpt (OBS updates of the kept weights); wanda = |w| times input norm, "
-                       "no update; magnitude = |w|, no data")
+    prune.add_argument("--method", choices=["sparsegpt", "wanda", "magnitude"],
+                       help="unstructured / N:M pruning: sparsegpt (default; OBS updates of the kept weights), "
+                       "wanda (|w| times input norm, no update) or magnitude (|w|, no data)")
     prune.add_argument("--sparsity", type=float, default=argparse.SUPPRESS,
                        help="share of each linear's weights set to zero, in [0, 1) (default 0.5)")
     prune.add_argument("--pattern", metavar="N:M", default=argparse.SUPPRESS,
@@ -311,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     joint.add_argument("--bits", type=int, default=argparse.SUPPRESS, help="also quantize the kept weights: 2, 3, 4 or 8")
     joint.add_argument("--group-size", type=_group_size, default=argparse.SUPPRESS,
                        help="with --bits: input channels per scale, or 'channel' (default 64)")
+    shape = prune.add_argument_group("structured: a smaller dense model that plain transformers loads")
+    shape.add_argument("--structured", action="store_true", help="remove heads, FFN channels and/or blocks")
+    shape.add_argument("--target-params", type=float, help="share of the parameters to keep, e.g. 0.75")
+    shape.add_argument("--heads", action="store_true", help="may remove attention heads (GQA-aware)")
+    shape.add_argument("--channels", action="store_true", help="may remove FFN channels")
+    shape.add_argument("--blocks", action="store_true", help="may remove whole blocks "
+                       "(none of the three given: heads and channels)")
+    shape.add_argument("--remove-heads", type=int, default=0, metavar="N", help="query heads per block, instead of a target")
+    shape.add_argument("--remove-channels", type=int, default=0, metavar="N", help="FFN channels per block")
+    shape.add_argument("--remove-blocks", type=int, default=0, metavar="N", help="whole blocks")
     add_calibration_and_output(prune, "pruned")
     prune.set_defaults(run=cmd_prune)
 

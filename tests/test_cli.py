@@ -145,3 +145,18 @@ def test_prune_refuses_bad_settings_before_loading(tiny_folder, tmp_path, capsys
     assert main(["-q", "prune", tiny_folder, *flags, "--out", str(tmp_path / "p")]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "p").exists()
+
+
+def test_prune_structured_gives_a_smaller_plain_model(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["-q", "prune", tiny_folder, "--structured", "--target-params", "0.8", "--channels", "--blocks",
+                 "--calib-samples", "2", "--calib-seqlen", "32", "--out", str(out)]) == 0
+    assert "structured 80% params, channels+blocks" in capsys.readouterr().out
+    model, _ = tc.load(out)
+    assert model.config.num_hidden_layers < 2 or model.config.intermediate_size < 96
+
+
+def test_prune_structured_refuses_unstructured_options(tiny_folder, tmp_path, capsys):
+    assert main(["-q", "prune", tiny_folder, "--structured", "--target-params", "0.8", "--sparsity", "0.5",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "--structured does not take --sparsity" in capsys.readouterr().err
