@@ -3,21 +3,25 @@ calibration data, so the result is an ordinary smaller model that plain `transfo
 loads and that runs faster everywhere.
 
 Give `target_params` (the share of the model's parameters to keep) and the `parts` that may
-shrink; every way of meeting the target with them (how many blocks to drop, how many heads
-and channels to take from every block) is scored by the relative energy of what it removes
-(`importance.py`) and the cheapest is applied. Or set the amounts per part yourself.
-Heads and channels go in the same number from every block, which ones by that block's own
-scores; blocks go by their angular distance (ShortGPT).
+shrink. Which heads, channels and blocks go is decided by their scores (`importance.py`:
+the energy each adds to the residual stream; blocks by their angular distance, as
+ShortGPT does); how much each part gives up is decided by trying the candidate splits of
+the target (a share of blocks, each way to cut heads, channels making up the rest) on a
+few calibration samples and keeping the one whose outputs stay closest to the unpruned
+model's. Or set the amounts per part yourself. Heads and channels go in the same number
+from every block, which ones by that block's own scores.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from tcompress.methods import ModelMethod, register
 from tcompress.models.adapters import Adapter, Block, adapter, linear_weight
@@ -109,40 +113,75 @@ class Structured(ModelMethod):
     def apply_model(self, model: nn.Module, calib: Any, progress: bool = True) -> None:
         parts = adapter(model)
         scores = importance_.measure(model, parts, calib, heads=self.wants_heads, progress=progress)
-        plan = self.plan(model, parts, scores)
+        plans = self.plans(model, parts, scores)
+        plan = plans[0] if len(plans) == 1 else least_harmful(model, plans, scores, calib, progress)
         shrink(model, parts, plan, scores)
         model.tc_structure = plan
 
-    def plan(self, model: nn.Module, parts: Adapter, scores: importance_.Importance) -> Plan:
+    def plans(self, model: nn.Module, parts: Adapter, scores: importance_.Importance) -> list[Plan]:
+        """The candidate plans: the explicit one, or those meeting the target."""
         if self.target_params is None:
             cut = _head_cut(self.remove_heads, parts.num_heads, parts.num_kv_heads) if self.remove_heads else HeadCut()
             blocks = _lowest(scores.influence, self.remove_blocks)
-            return _costed(parts, scores, blocks, cut, self.remove_channels)
+            return [_costed(parts, scores, blocks, cut, self.remove_channels)]
         total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        return best_plan(parts, scores, self.parts, total - int(self.target_params * total))
+        return candidate_plans(parts, scores, self.parts, total - int(self.target_params * total))
 
 
-def best_plan(parts: Adapter, scores: importance_.Importance, allowed: tuple[str, ...], budget: int) -> Plan:
-    """The plan removing at least `budget` parameters with the least relative energy."""
+def candidate_plans(parts: Adapter, scores: importance_.Importance, allowed: tuple[str, ...], budget: int
+                    ) -> list[Plan]:
+    """Plans removing at least `budget` parameters: for each split of the budget between
+    blocks (none, a quarter, half, three quarters, all of it) and each way to cut heads,
+    FFN channels make up the rest where allowed."""
     blocks = parts.blocks()
     width = _ffn_width(blocks[0])
-    block_counts = range(len(blocks)) if "blocks" in allowed else [0]
+    per_block = _block_params(blocks[0])
+    counts = [0]
+    if "blocks" in allowed:
+        whole = -(-budget // per_block)
+        counts = sorted({min(whole, round(whole * share)) for share in (0, 0.25, 0.5, 0.75, 1.0)}
+                        if {"heads", "channels"} & set(allowed) else {whole})
+        counts = [c for c in counts if c < len(blocks)]
     cuts = [HeadCut()] + (_head_cuts(parts.num_heads, parts.num_kv_heads) if "heads" in allowed else [])
-    best = None
-    for count, cut in itertools.product(block_counts, cuts):
+    plans = []
+    for count, cut in itertools.product(counts, cuts):
         dropped = _lowest(scores.influence, count)
         plan = _costed(parts, scores, dropped, cut, 0)
         if plan.removed < budget and "channels" in allowed:
-            left = len(blocks) - count
-            per_channel = _channel_params(blocks[0]) * left
+            per_channel = _channel_params(blocks[0]) * (len(blocks) - count)
             needed = -(-(budget - plan.removed) // per_channel) if per_channel else width
             if needed >= width:
                 continue
             plan = _costed(parts, scores, dropped, cut, needed)
-        if plan.removed >= budget and (best is None or plan.damage < best.damage):
-            best = plan
-    if best is None:
+        if plan.removed >= budget:
+            plans.append(plan)
+    if not plans:
         raise ValueError(f"no way to remove {budget:,} parameters with parts {allowed}: allow more parts or keep more")
+    return plans
+
+
+def least_harmful(model: nn.Module, plans: list[Plan], scores: importance_.Importance, calib: Any,
+                  progress: bool = True, samples: int = 8) -> Plan:
+    """The plan whose pruned model's final hidden states stay closest (mean 1 - cos over
+    tokens) to the unpruned model's, on the first `samples` calibration batches."""
+    from tcompress.calib import batches_of, no_kv_cache
+
+    batches = [b if isinstance(b, dict) else {model.main_input_name: b} for b in batches_of(calib)[:samples]]
+
+    def final_states(m: nn.Module) -> list[Tensor]:
+        with torch.no_grad(), no_kv_cache(m):
+            return [m(**batch, output_hidden_states=True).hidden_states[-1] for batch in batches]
+
+    reference = final_states(model)
+    best, best_distance = plans[0], float("inf")
+    for plan in tqdm(plans, desc="structured plans", disable=not progress):
+        candidate = copy.deepcopy(model)
+        shrink(candidate, adapter(candidate), plan, scores)
+        distance = sum((1 - nn.functional.cosine_similarity(a, b, dim=-1)).mean().item()
+                       for a, b in zip(final_states(candidate), reference)) / len(batches)
+        del candidate
+        if distance < best_distance:
+            best, best_distance = plan, distance
     return best
 
 
