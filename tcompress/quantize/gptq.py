@@ -63,7 +63,7 @@ def inverse_hessian_factor(h: Tensor, damp: float) -> Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
-def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, damp: float = 0.01,
+def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, damp: float = 0.1,
                   act_order: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Codes `[out, in]` and per-group scales and zeros `[out, groups]` of `w` `[out, in]`.
 
@@ -115,7 +115,10 @@ class GPTQ(WeightQuantizer):
     name = "gptq"
     input_only_stats = True  # the Hessian is the inputs' alone: q, k and v share one
     block_size: int = 128
-    damp: float = 0.01  # fraction of the mean Hessian diagonal added to it
+    # fraction of the mean Hessian diagonal added to it: 0.1 rather than the paper's 0.01, as
+    # calibration text rarely matches the inputs a model serves; measured per layer, the
+    # error on inputs from other text (and the model's perplexity) is lower at 0.1
+    damp: float = 0.1
     act_order: bool = True
     true_sequential: bool = True
 
