@@ -135,3 +135,34 @@ def test_a_target_that_cannot_be_met_is_a_clear_error():
     model = build("llama")
     with pytest.raises(ValueError, match="no way to remove"):
         tc.apply(model, Structured(target_params=0.05, parts=("heads",)), calib_of("llama"), progress=False)
+
+
+def test_head_and_channel_scores_are_the_energies_they_remove():
+    model = build("llama")
+    parts = tc.adapter(model)
+    calib = calib_of("llama")
+    scores = tc.prune.importance.measure(model, parts, calib, progress=False)
+    block = parts.blocks()[1]
+    seen = {}
+    hooks = [block.module.register_forward_pre_hook(lambda m, a, k: seen.setdefault("x", []).append(
+                 (a[0] if a else k["hidden_states"])), with_kwargs=True),
+             block.attn_out[f"{block.name}.self_attn.o_proj"].register_forward_pre_hook(
+                 lambda m, a: seen.setdefault("o", []).append(a[0])),
+             block.ffn_out[f"{block.name}.mlp.down_proj"].register_forward_pre_hook(
+                 lambda m, a: seen.setdefault("d", []).append(a[0]))]
+    with torch.no_grad():
+        for batch in calib:
+            model(**batch)
+    for hook in hooks:
+        hook.remove()
+    residual = sum(x.double().pow(2).sum() for x in seen["x"])
+    d = parts.head_dim
+    w_o = block.module.self_attn.o_proj.weight.double()
+    for h in range(parts.num_heads):
+        energy = sum((o.double()[..., h * d : (h + 1) * d] @ w_o[:, h * d : (h + 1) * d].t()).pow(2).sum()
+                     for o in seen["o"])
+        assert scores.heads[1, h].item() == pytest.approx((energy / residual).item(), rel=1e-4)
+    w_down = block.module.mlp.down_proj.weight.double()
+    for j in (0, 17, 95):
+        energy = sum((x.double()[..., j : j + 1] @ w_down[:, j : j + 1].t()).pow(2).sum() for x in seen["d"])
+        assert scores.channels[1, j].item() == pytest.approx((energy / residual).item(), rel=1e-4)
