@@ -58,8 +58,8 @@ def nonzero_parameters(model) -> int:
     """Parameters still stored: kept values of sparse linears, every weight of the others."""
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     for module in model.modules():
-        if isinstance(module, SparseLinear):
-            total += module.values.numel()
+        if isinstance(module, SparseLinear):  # a dense weight in memory: count what is kept
+            total += int(module.kept().sum()) - module.weight.numel()
         elif isinstance(module, QuantLinear):
             total += int(module.dequantize().ne(0).sum())
     return total
@@ -78,7 +78,7 @@ def prefill_seconds(model, batch: int, seqlen: int = 128, repeats: int = 5) -> f
 
 
 def measure(model, name: str, seconds: float, perplexity) -> dict:
-    row = {"setting": name, "wt2 ppl": perplexity(model), "seconds": seconds,
+    row = {"setting": name, "wt2 ppl": perplexity(model) if perplexity else None, "seconds": seconds,
            "parameters (M)": nonzero_parameters(model) / 1e6, "disk MB": disk_bytes(model) / 2**20}
     for batch in (1, 8):
         row[f"prefill b{batch} s"] = prefill_seconds(model, batch)
@@ -92,13 +92,15 @@ def main() -> None:
     parser.add_argument("--calib", default="pydoc")
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--configs", default=DEFAULT_CONFIGS)
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the dense model's perplexity too (its latency always is)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     model, tok = tc.load(args.model)
     calib = tc.data.calibration(args.calib, tok, n=128, seqlen=512, seed=0)
     windows = tc.data.windows(Path(args.data) / "wikitext2" / "wiki.test.raw", tok, seqlen=2048, limit=args.windows)
     perplexity = lambda m: tc.eval.perplexity(m, tok, windows, seqlen=2048, progress=False)  # noqa: E731
-    rows = [measure(model, "dense", 0.0, perplexity)]
+    rows = [measure(model, "dense", 0.0, perplexity if args.baseline else None)]
     print(tc.report.format_table(rows), flush=True)
     for text in filter(None, args.configs.split(",")):
         config = parse_config(text)
