@@ -161,12 +161,14 @@ def candidate_plans(parts: Adapter, scores: importance_.Importance, allowed: tup
 
 
 def least_harmful(model: nn.Module, plans: list[Plan], scores: importance_.Importance, calib: Any,
-                  progress: bool = True, samples: int = 8) -> Plan:
+                  progress: bool = True, samples: int = 4, tokens: int = 256) -> Plan:
     """The plan whose pruned model's final hidden states stay closest (mean 1 - cos over
-    tokens) to the unpruned model's, on the first `samples` calibration batches."""
+    tokens) to the unpruned model's, on the first `samples` calibration batches (the first
+    `tokens` tokens of each)."""
     from tcompress.calib import batches_of, no_kv_cache
 
-    batches = [b if isinstance(b, dict) else {model.main_input_name: b} for b in batches_of(calib)[:samples]]
+    batches = [_first_tokens(b if isinstance(b, dict) else {model.main_input_name: b}, tokens)
+               for b in batches_of(calib)[:samples]]
 
     def final_states(m: nn.Module) -> list[Tensor]:
         with torch.no_grad(), no_kv_cache(m):
@@ -183,6 +185,13 @@ def least_harmful(model: nn.Module, plans: list[Plan], scores: importance_.Impor
         if distance < best_distance:
             best, best_distance = plan, distance
     return best
+
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def _first_tokens(batch: dict[str, Any], tokens: int) -> dict[str, Any]:
+    return {k: v[:, :tokens] if k in TOKEN_INPUTS and isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
 def _costed(parts: Adapter, scores: importance_.Importance, dropped: tuple[int, ...], cut: HeadCut,
