@@ -200,8 +200,7 @@ def _costed(parts: Adapter, scores: importance_.Importance, dropped: tuple[int, 
     kept = [i for i in range(len(blocks)) if i not in dropped]
     removed = sum(_block_params(blocks[i]) for i in dropped)
     damage = float(sum(scores.blocks[i] for i in dropped))
-    heads_removed = cut.per_group * parts.num_kv_heads + cut.groups * (parts.num_heads // max(parts.num_kv_heads, 1))
-    if heads_removed:
+    if cut != HeadCut():
         removed += len(kept) * _head_params(parts, blocks[0], cut)
         for i in kept:
             heads = set(cut.kept(scores.heads[i], parts.num_heads, parts.num_kv_heads))
