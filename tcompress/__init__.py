@@ -6,7 +6,7 @@
     tc.save(model, "out/")
 """
 
-from tcompress import calib, data, eval, methods, models, prune, quantize, recipe, report
+from tcompress import calib, data, distill, eval, methods, models, prune, quantize, recipe, report
 from tcompress.apply import apply
 from tcompress.eval.latency import BenchSettings, bench
 from tcompress.export.checkpoint import save
@@ -16,4 +16,4 @@ from tcompress.models import adapter, load
 __version__ = "0.1.0"
 
 __all__ = ["apply", "bench", "BenchSettings", "save", "load", "adapter", "register", "Method", "LinearMethod",
-           "BlockMethod", "METHODS", "calib", "data", "eval", "methods", "models", "prune", "quantize", "recipe", "report"]
+           "BlockMethod", "METHODS", "calib", "data", "distill", "eval", "methods", "models", "prune", "quantize", "recipe", "report"]

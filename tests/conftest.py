@@ -13,9 +13,9 @@ VOCAB = 300
 
 
 def tiny_llama(**overrides) -> transformers.PreTrainedModel:
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, **overrides)
+    fields = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    config = transformers.LlamaConfig(**{**fields, **overrides})
     return transformers.LlamaForCausalLM(config)
 
 
