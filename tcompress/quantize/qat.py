@@ -1,0 +1,132 @@
+"""Quantization-aware training: train through the rounding, then pack.
+
+`prepare_qat` swaps each selected linear for a `FakeQuantLinear`, whose forward uses the
+weight as the packed model will hold it: `(clamp(round(w / s + z), 0, maxq) - z) * s`, with
+the rounding's gradient passed straight through (STE, Bengio et al., 2013). With
+`learn_scales` the group scales `s` train too, as LSQ defines it (Esser et al., 2020,
+arXiv:1902.08153): the gradient that autograd gives `s` through the STE is LSQ's, scaled
+by 1 / sqrt(group size * maxq). Scales are rounded to fp16 in the forward (again with a
+straight-through gradient), so `convert_qat` packs into `QuantLinear` codes that compute
+exactly what training saw; saving, loading and exports then work as for any PTQ model.
+
+A linear that is already a `QuantLinear` (GPTQ's output, say) starts from its own codes
+and scales, so QAT can refine a post-training result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from tcompress.methods import replace_module
+from tcompress.models.adapters import linear_weight
+from tcompress.quantize.base import WeightQuantizer
+from tcompress.quantize.formats import QuantLinear
+from tcompress.quantize.grid import Grid, expand, group_params
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """round(x) forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def scaled_gradient(x: Tensor, factor: float) -> Tensor:
+    """x forward, gradient multiplied by `factor` backward (LSQ's step-size gradient scale)."""
+    return (x - x * factor).detach() + x * factor
+
+
+def fake_quantize_ste(weight: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
+    """The dequantized weight `[out, in]` from per-group `scale`, `zero` `[out, groups]`."""
+    s = expand(scale, weight.shape[1])
+    z = expand(zero, weight.shape[1])
+    codes = torch.clamp(round_ste(weight / s + z), 0, maxq)
+    return (codes - z) * s
+
+
+@dataclass(frozen=True)
+class QAT(WeightQuantizer):
+    """Fields of a QAT run: the grid (as for RTN and GPTQ) and whether scales learn."""
+
+    name = "qat"
+    needs_data = False
+    learn_scales: bool = True  # LSQ: train the group scales with the weights
+
+    def apply(self, linear: nn.Module, stats: None, name: str) -> nn.Module:
+        return FakeQuantLinear.from_linear(linear, self.grid, self.learn_scales)
+
+
+class FakeQuantLinear(nn.Module):
+    """A linear trained through its own quantization; `to_quant_linear` packs it."""
+
+    def __init__(self, weight: Tensor, scale: Tensor, zero: Tensor, bias: Tensor | None, grid: Grid,
+                 learn_scales: bool = True):
+        super().__init__()
+        self.grid, self.in_features, self.out_features = grid, weight.shape[1], weight.shape[0]
+        self.weight = nn.Parameter(weight.detach().float().clone())  # [out, in]
+        self.scale = nn.Parameter(scale.detach().float().clone(), requires_grad=learn_scales)  # [out, groups]
+        self.register_buffer("zero", zero.detach().float().clone())  # [out, groups], code units
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.gradient_scale = (self.in_features // scale.shape[1] * grid.maxq) ** -0.5
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, grid: Grid, learn_scales: bool = True) -> FakeQuantLinear:
+        """From a float linear (grid fitted by `grid.search`) or a `QuantLinear` (its codes)."""
+        if isinstance(linear, QuantLinear):
+            if linear.outliers or linear.input_scale is not None:
+                raise ValueError("QAT cannot start from a QuantLinear with outlier columns or an input scale")
+            weight, scale, zero = linear.dequantize(torch.float32), linear.scales.float(), linear.zeros.float()
+            grid = linear.grid
+        else:
+            weight = linear_weight(linear).detach().float()
+            scale, zero = group_params(weight, grid)
+        module = cls(weight, scale, zero, linear.bias, grid, learn_scales)
+        return module.to(weight.device)
+
+    def stored_scale(self) -> Tensor:
+        """The scales as fp16 will hold them, gradient passed through the rounding."""
+        scale = scaled_gradient(self.scale.clamp(min=2**-14), self.gradient_scale)
+        return scale + (scale.half().float() - scale).detach()
+
+    def quantized_weight(self) -> Tensor:
+        return fake_quantize_ste(self.weight, self.stored_scale(), self.zero, self.grid.maxq)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.quantized_weight().to(x.dtype), self.bias)
+
+    @torch.no_grad()
+    def to_quant_linear(self) -> QuantLinear:
+        scale = self.stored_scale()
+        codes = torch.clamp(torch.round(self.weight / expand(scale, self.in_features)
+                                        + expand(self.zero, self.in_features)), 0, self.grid.maxq)
+        bias = self.bias.detach() if self.bias is not None else None
+        return QuantLinear.from_codes(codes.to(torch.uint8), scale, self.zero, self.grid, bias,
+                                      torch.float32).to(self.weight.device)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, bits={self.grid.bits}, "
+                f"group={self.grid.group_size or 'channel'}, learn_scales={self.scale.requires_grad}")
+
+
+def prepare_qat(model: nn.Module, config: QAT) -> nn.Module:
+    """Swap the block linears `config` selects, and every `QuantLinear` (which keeps its own
+    grid), for `FakeQuantLinear`s, in place."""
+    from tcompress.apply import _apply_without_data, _check_targets, _selected
+
+    packed = [name for name, module in model.named_modules() if isinstance(module, QuantLinear)]
+    for name in packed:
+        linear = model.get_submodule(name)
+        replace_module(model, name, FakeQuantLinear.from_linear(linear, linear.grid, config.learn_scales))
+    if not packed or _selected(model, config):
+        _check_targets(model, config)
+        _apply_without_data(model, config)
+    return model
+
+
+def convert_qat(model: nn.Module) -> nn.Module:
+    """Pack every `FakeQuantLinear` of `model` into a `QuantLinear`, in place."""
+    names = [name for name, module in model.named_modules() if isinstance(module, FakeQuantLinear)]
+    for name in names:
+        replace_module(model, name, model.get_submodule(name).to_quant_linear())
+    return model
