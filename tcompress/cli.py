@@ -349,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", metavar="MODEL")
     run.add_argument("--out", required=True, help="folder to save the compressed model to")
     run.set_defaults(run=cmd_run)
+
+    from tcompress.distill.cli import add_commands
+
+    add_commands(commands, EPILOG, _positive)
     return parser
 
 

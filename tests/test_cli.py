@@ -16,7 +16,7 @@ def tiny_folder(tmp_path_factory, tokenizer):
     return str(folder)
 
 
-@pytest.mark.parametrize("command", ["info", "eval", "bench", "quantize", "prune"])
+@pytest.mark.parametrize("command", ["info", "eval", "bench", "quantize", "prune", "distill", "qat"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit:
         main([command, "--help"])
@@ -160,3 +160,46 @@ def test_prune_structured_refuses_unstructured_options(tiny_folder, tmp_path, ca
     assert main(["-q", "prune", tiny_folder, "--structured", "--target-params", "0.8", "--sparsity", "0.5",
                  "--out", str(tmp_path / "s")]) == 2
     assert "--structured does not take --sparsity" in capsys.readouterr().err
+
+
+def test_distill_trains_a_student_cut_from_the_teacher(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["-q", "distill", "--teacher", tiny_folder, "--student", "blocks=1,ffn=48", "--loss", "kl:1,hidden:0.5",
+                 "--data", "pydoc", "--seqlen", "32", "--samples", "16", "--steps", "3", "--batch-size", "4",
+                 "--eval", "pydoc", "--eval-seqlen", "64", "--eval-windows", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "perplexity" in text and "trained 3 steps on 384 tokens" in text
+    model, _ = tc.load(out)
+    assert model.config.num_hidden_layers == 1 and model.config.intermediate_size == 48
+    log = json.loads((tmp_path / "student.training" / "log.json").read_text())
+    assert [row["step"] for row in log["steps"]] == [1, 2, 3] and {"kl", "hidden"} <= set(log["steps"][0])
+    assert (tmp_path / "student.training" / "loss.png").is_file()
+
+
+def test_distill_on_text_the_teacher_writes(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["-q", "distill", "--teacher", tiny_folder, "--student", tiny_folder, "--loss", "lm",
+                 "--data", "teacher", "--generate", "4", "--max-new-tokens", "40", "--seqlen", "16",
+                 "--steps", "2", "--batch-size", "2", "--out", str(out)]) == 0
+    assert tc.load(out)[0].config.num_hidden_layers == 2
+
+
+def test_qat_saves_a_packed_model(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "qat"
+    assert main(["-q", "qat", tiny_folder, "--bits", "3", "--group-size", "32", "--data", "pydoc", "--seqlen", "32",
+                 "--samples", "8", "--steps", "2", "--batch-size", "2", "--out", str(out)]) == 0
+    model, _ = tc.load(out)
+    assert isinstance(model.model.layers[0].mlp.down_proj, tc.quantize.QuantLinear)
+    assert model.model.layers[0].mlp.down_proj.grid.bits == 3
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["distill", "--teacher", "T", "--student", "layers=2", "--steps", "1"], "expected a model, or sizes"),
+    (["distill", "--teacher", "T", "--student", "blocks=1", "--loss", "kd", "--steps", "1"], "unknown loss 'kd'"),
+    (["qat", "T", "--bits", "5", "--steps", "1"], "bits must be one of"),
+])
+def test_training_commands_refuse_bad_settings(tiny_folder, tmp_path, capsys, argv, match):
+    argv = [tiny_folder if a == "T" else a for a in argv]
+    assert main(["-q", *argv, "--out", str(tmp_path / "x")]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -13,7 +13,7 @@ import tcompress as tc
 from tcompress.distill import LogitKD, TrainConfig, distill, kl_loss
 from tcompress.quantize import QAT, FakeQuantLinear, QuantLinear, convert_qat, prepare_qat
 from tcompress.quantize.grid import Grid
-from tcompress.quantize.qat import fake_quantize_ste, round_ste
+from tcompress.quantize.qat import round_ste
 
 from conftest import VOCAB, tiny_llama
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tcompress.methods import BlockMethod, LinearMethod, register
 from tcompress.models.adapters import Adapter, Block, linear_weight
 from tcompress.quantize.int8 import Int8Linear
-from tcompress.quantize.scaling import InputGroup, fold, input_groups, scale_inputs
+from tcompress.quantize.scaling import fold, input_groups, scale_inputs
 
 if TYPE_CHECKING:
     from tcompress.calib import BlockInputs, BlockRunner
