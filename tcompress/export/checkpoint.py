@@ -84,10 +84,13 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        layouts = packed_layouts(model)
+        # packed models load through tc.load, by their module names as they are in memory (a
+        # family transformers renames on save, e.g. ViT, would not match its layouts otherwise)
+        model.save_pretrained(tmp, safe_serialization=True, save_original_format=not layouts)
         if processor is not None:
             processor.save_pretrained(tmp)
-        record = replace(record_of(model), modules=packed_layouts(model))
+        record = replace(record_of(model), modules=layouts)
         (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
         _replace(tmp, folder)
     finally:

@@ -1,4 +1,4 @@
-"""Packed modules (QuantLinear, Int8Linear, SparseLinear) in a saved folder: their layouts go into
+"""Packed modules (QuantLinear, Int8Linear, SparseLinear, activation quantizers) in a saved folder: their layouts go into
 `tcompress.json`, their buffers into the safetensors files, and loading rebuilds the model
 with the packed modules in place, so a 4-bit model stays 4-bit in memory and on disk."""
 
@@ -13,10 +13,12 @@ from torch import nn
 
 from tcompress.methods import replace_module
 from tcompress.prune.sparse import SparseLinear
+from tcompress.quantize.activations import ActQuantizer
 from tcompress.quantize.formats import QuantLinear
 from tcompress.quantize.int8 import Int8Linear
 
-PACKED_MODULES: dict[str, type[nn.Module]] = {module.format: module for module in (QuantLinear, Int8Linear, SparseLinear)}
+PACKED_MODULES: dict[str, type[nn.Module]] = {module.format: module for module in (QuantLinear, Int8Linear, SparseLinear,
+                                                                                    ActQuantizer)}
 
 
 def packed_layouts(model: nn.Module) -> dict[str, dict]:
@@ -41,6 +43,9 @@ def load_packed(model_class: type, config, folder: Path, layouts: dict[str, dict
         state.update(load_file(file))
     result = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
+    for cls in {PACKED_MODULES[layout["format"]] for layout in layouts.values()}:
+        if hasattr(cls, "after_load"):
+            cls.after_load(model)
     still_empty = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if result.unexpected_keys or still_empty:
         raise ValueError(f"{str(folder)!r} does not match its tcompress.json: unexpected "

@@ -11,6 +11,8 @@ from tcompress.quantize.qat import QAT, FakeQuantLinear, convert_qat, prepare_qa
 from tcompress.quantize.outliers import Outliers, outlier_report
 from tcompress.quantize.rtn import RTN
 from tcompress.quantize.smoothquant import SmoothQuant
+from tcompress.quantize.vit import ViTQuant
+from tcompress.quantize.activations import ActQuantizer
 
 __all__ = ["AWQ", "QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN", "Int8Linear", "Outliers", "outlier_report",
-           "SmoothQuant", "QAT", "FakeQuantLinear", "convert_qat", "prepare_qat"]
+           "SmoothQuant", "QAT", "FakeQuantLinear", "convert_qat", "prepare_qat", "ViTQuant", "ActQuantizer"]

@@ -86,6 +86,7 @@ class QuantLinear(nn.Module):
                              if outliers else None)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.compute_dtype = dtype
+        self.input_quantizer: nn.Module | None = None  # an activation quantizer applied to the input first
 
     @classmethod
     def from_codes(cls, codes: Tensor, scales: Tensor, zeros: Tensor, grid: Grid, bias: Tensor | None,
@@ -149,6 +150,8 @@ class QuantLinear(nn.Module):
         return weight
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         y = nn.functional.linear(x, self._quantized_part().to(x.dtype), bias)
         if self.outlier_index is not None:  # the float columns: x[..., index] @ outlier_weight.T
