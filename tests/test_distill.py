@@ -206,7 +206,7 @@ def test_bad_input_gives_clear_errors():
         distill(student, data, [HiddenKD(layers="1:7")], TrainConfig(steps=1), teacher=teacher, progress=False)
     with pytest.raises(ValueError, match="teacher is None"):
         distill(student, data, [LogitKD()], TrainConfig(steps=1), progress=False)
-    with pytest.raises(ValueError, match=r"token ids \[n, seqlen\]"):
+    with pytest.raises(ValueError, match=r"data must be token ids \[n, seqlen\] \(seqlen >= 2\) or images"):
         distill(student, data[0], [LogitKD()], TrainConfig(steps=1), teacher=teacher, progress=False)
     with pytest.raises(ValueError, match="losses is empty"):
         distill(student, data, [], TrainConfig(steps=1), teacher=teacher, progress=False)
@@ -270,3 +270,24 @@ def test_completions_api_teacher():
     finally:
         server.shutdown()
     assert received["path"] == "/v1/completions" and received["body"]["max_tokens"] == 7
+
+
+def test_an_image_student_learns_from_a_vit_teacher():
+    import transformers
+
+    torch.manual_seed(0)
+    teacher = transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=28, patch_size=7, num_channels=1, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_labels=10)).eval()
+    student = student_from(teacher, blocks=2, ffn=48)
+    images = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def kd(model):
+        return {"kl": kl_loss(model(pixel_values=images).logits, teacher(pixel_values=images).logits).item()}
+
+    history = distill(student, images, [LogitKD(temperature=2.0), HiddenKD(weight=0.1)],
+                      TrainConfig(steps=20, batch_size=8, lr=3e-3), teacher=teacher, evaluate=kd, progress=False)
+    assert history.evals[-1]["kl"] < 0.5 * history.evals[0]["kl"]
+    assert history.samples == 160 and history.tokens == 0
+    with pytest.raises(ValueError, match="hard_label"):
+        distill(student, images, [LogitKD(hard_label=1.0)], TrainConfig(steps=1), teacher=teacher, progress=False)

@@ -12,11 +12,12 @@ from tcompress.distill.base import Outputs
 from tcompress.models.adapters import adapter
 
 
-def forward(model: nn.Module, ids: Tensor, needs: set[str], value_layers: list[int] = ()) -> Outputs:
-    """One forward of `model` on token ids `[b, s]`, keeping `needs` (see `Outputs`)."""
+def forward(model: nn.Module, inputs: Tensor, needs: set[str], value_layers: list[int] = ()) -> Outputs:
+    """One forward of `model` on token ids `[b, s]` or images `[b, c, h, w]`, keeping
+    `needs` (see `Outputs`)."""
+    kwargs = {"pixel_values": inputs} if inputs.is_floating_point() else {"input_ids": inputs, "use_cache": False}
     with captured_values(model, value_layers) as values:
-        out = model(input_ids=ids, use_cache=False, output_hidden_states="hidden_states" in needs,
-                    output_attentions="attentions" in needs)
+        out = model(**kwargs, output_hidden_states="hidden_states" in needs, output_attentions="attentions" in needs)
     return Outputs(logits=getattr(out, "logits", None), hidden_states=tuple(out.hidden_states or ()),
                    attentions=tuple(out.attentions or ()), values=values)
 

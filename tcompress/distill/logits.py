@@ -63,6 +63,8 @@ class LogitKD(DistillLoss):
     def forward(self, student: Outputs, teacher: Outputs | None, ids: Tensor) -> Tensor:
         loss = kl_loss(student.logits, teacher.logits, self.temperature, self.direction)
         if self.hard_label:
+            if ids.is_floating_point():
+                raise ValueError("kl loss: hard_label is the next-token loss, for token data; images have no labels here")
             loss = loss + self.hard_label * next_token_loss(student.logits, ids)
         return loss
 

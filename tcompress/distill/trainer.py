@@ -1,7 +1,7 @@
 """The distillation trainer, on `accelerate`: one loop for one CPU, several processes
 (`accelerate launch --num_processes 2`), or GPUs with DDP, FSDP or DeepSpeed.
 
-Training data are token blocks `[n, seqlen]`. Step `k` reads the global batch
+Training data are token blocks `[n, seqlen]` (or images `[n, c, h, w]`). Step `k` reads the global batch
 `k * batch_size ... (k + 1) * batch_size` of a fixed per-epoch permutation, and each
 process takes every `world`-th sequence of it, so the loss curve does not depend on how
 many processes share the work, and a resumed run reads exactly the batches it would have.
@@ -107,7 +107,8 @@ class History:
 
     steps: list[dict[str, float]]
     evals: list[dict[str, float]]
-    tokens: int = 0
+    tokens: int = 0  # token data: sequences times their length
+    samples: int = 0  # sequences or images
     seconds: float = 0.0
 
     def write(self, out: Path) -> None:
@@ -117,7 +118,7 @@ class History:
 def distill(student: nn.Module, data: Tensor, losses: list[DistillLoss], config: TrainConfig,
             teacher: nn.Module | None = None, out: str | Path | None = None, evaluate: Any = None,
             progress: bool = True) -> History:
-    """Train `student` in place on token blocks `data` `[n, seqlen]` with the weighted
+    """Train `student` in place on token blocks `data` `[n, seqlen]` (or images) with the weighted
     `losses`; `teacher` (no gradients) feeds the losses that need it. `evaluate(model) ->
     dict` runs before training, every `config.eval_every` steps and at the end. With `out`,
     a checkpoint there from an earlier run of the same settings is resumed."""
@@ -149,7 +150,8 @@ def distill(student: nn.Module, data: Tensor, losses: list[DistillLoss], config:
     began = time.perf_counter() - history.seconds
     for step in bar:
         history.steps.append(trainer.step(step, [loss.name for loss in losses]))
-        history.tokens += config.batch_size * data.shape[1]
+        history.samples += config.batch_size
+        history.tokens += 0 if data.is_floating_point() else config.batch_size * data.shape[1]
         bar.set_postfix(loss=f"{history.steps[-1]['loss']:.4f}")
         done = step + 1
         if evaluate is not None and (done == config.steps or (config.eval_every and done % config.eval_every == 0)):
@@ -169,9 +171,12 @@ def distill(student: nn.Module, data: Tensor, losses: list[DistillLoss], config:
 
 def check_inputs(student: nn.Module, data: Tensor, losses: list[DistillLoss], teacher: nn.Module | None) -> None:
     """Clear errors before any work."""
-    if not isinstance(data, Tensor) or data.ndim != 2 or data.shape[0] == 0 or data.shape[1] < 2:
+    tokens = isinstance(data, Tensor) and not data.is_floating_point() and data.ndim == 2 and data.shape[1] >= 2
+    images = isinstance(data, Tensor) and data.is_floating_point() and data.ndim == 4
+    if not (tokens or images) or data.shape[0] == 0:
         shape = tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__
-        raise ValueError(f"data must be token ids [n, seqlen] with n >= 1 and seqlen >= 2, got {shape}")
+        raise ValueError(f"data must be token ids [n, seqlen] (seqlen >= 2) or images [n, channels, height, width], "
+                         f"n >= 1; got {shape}")
     if not losses:
         raise ValueError("losses is empty: give at least one, e.g. LogitKD() or LanguageModelLoss()")
     needing = [loss.name for loss in losses if loss.needs_teacher]

