@@ -52,10 +52,9 @@ class MergingBlock(nn.Module):
         b, n, _ = x.shape
         shape = (b, n, -1, attention.head_dim)
         q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
-        scores = (q @ k.transpose(-1, -2)) * attention.scaling  # [b, heads, n, n]
-        if self.sizes.value is not None:
-            scores = scores + self.sizes.value.log()[:, None, None, :, 0]
-        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1)
+        bias = None if self.sizes.value is None else self.sizes.value.log()[:, None, None, :, 0]  # [b, 1, 1, n]
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attention.scaling)
+        out = out.transpose(1, 2).reshape(b, n, -1)
         return attention.o_proj(out), k.mean(1)
 
 
