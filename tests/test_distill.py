@@ -291,3 +291,19 @@ def test_an_image_student_learns_from_a_vit_teacher():
     assert history.samples == 160 and history.tokens == 0
     with pytest.raises(ValueError, match="hard_label"):
         distill(student, images, [LogitKD(hard_label=1.0)], TrainConfig(steps=1), teacher=teacher, progress=False)
+
+
+def test_every_loss_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    s_logits, t_logits = torch.randn(2, 3, 5, dtype=torch.double, requires_grad=True), torch.randn(2, 3, 5).double()
+    for direction in ("forward", "reverse"):
+        assert torch.autograd.gradcheck(lambda s: kl_loss(s, t_logits, 2.0, direction), (s_logits,))
+    s_hidden, t_hidden = torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True), torch.randn(2, 3, 4).double()
+    for metric in ("mse", "cosine"):
+        assert torch.autograd.gradcheck(lambda s: hidden_loss(s, t_hidden, metric), (s_hidden,))
+    t_probs = torch.softmax(torch.randn(2, 4, 4).double(), -1)
+    s_scores = torch.randn(2, 4, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: distribution_kl(t_probs, torch.softmax(s, -1)), (s_scores,))
+    values = torch.randn(1, 3, 4, dtype=torch.double, requires_grad=True)
+    target = value_relation(torch.randn(1, 3, 4).double(), 2)
+    assert torch.autograd.gradcheck(lambda v: distribution_kl(target, value_relation(v, 2)), (values,))

@@ -111,3 +111,15 @@ def test_bad_vit_quantization_settings():
             ViTQuant(), images())
     with pytest.raises(ValueError, match="calibration must be images"):
         tc.apply(tiny_vit(), ViTQuant(), torch.randint(0, 10, (4, 16)), progress=False)
+
+
+def test_images_of_the_wrong_size_or_channels_are_refused():
+    from tcompress.data.vision import ImageSet
+
+    model = tiny_vit()
+    for shape, match in (((4, 1, 32, 32), r"\(1, 32, 32\).*takes \(1, 28, 28\)"), ((4, 3, 28, 28), r"\(3, 28, 28\)")):
+        wrong = torch.randn(*shape)
+        with pytest.raises(ValueError, match=match):
+            tc.eval.accuracy(model, ImageSet(wrong, torch.zeros(4, dtype=torch.long), ["a"]), progress=False)
+        with pytest.raises(ValueError, match=match):
+            tc.apply(copy.deepcopy(model), ViTQuant(), wrong, progress=False)

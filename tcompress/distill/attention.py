@@ -14,20 +14,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tcompress.distill.base import DistillLoss, Outputs, block_count, layer_map
+from tcompress.distill.base import DistillLoss, Outputs, block_count, layer_map, wide
 
 
 def distribution_kl(teacher: Tensor, student: Tensor) -> Tensor:
     """KL(teacher || student) between distributions over the last dim, averaged over the
     other dims. Inputs are probabilities; positions the teacher gives 0 add nothing."""
-    teacher, student = teacher.float(), student.float()
+    teacher, student = wide(teacher), wide(student)
     return (torch.xlogy(teacher, teacher) - torch.xlogy(teacher, student.clamp(min=1e-12))).sum(-1).mean()
 
 
 def value_relation(values: Tensor, heads: int) -> Tensor:
     """softmax(V V^T / sqrt(d)) per relation head: values `[b, s, width]` -> `[b, heads, s, s]`."""
     b, s, width = values.shape
-    v = values.float().view(b, s, heads, width // heads).transpose(1, 2)  # [b, heads, s, d]
+    v = wide(values).view(b, s, heads, width // heads).transpose(1, 2)  # [b, heads, s, d]
     return torch.softmax(v @ v.transpose(-1, -2) / (width // heads) ** 0.5, dim=-1)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 NEEDS = ("logits", "hidden_states", "attentions", "values")
@@ -49,6 +50,11 @@ class DistillLoss(nn.Module):
 
     def forward(self, student: Outputs, teacher: Outputs | None, ids: Tensor) -> Tensor:
         raise NotImplementedError
+
+
+def wide(x: Tensor) -> Tensor:
+    """`x` in at least float32 (losses are computed there; float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def block_count(model: nn.Module) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tcompress.distill.base import DistillLoss, Outputs, block_count, layer_map
+from tcompress.distill.base import DistillLoss, Outputs, block_count, layer_map, wide
 
 METRICS = ("mse", "cosine")
 
@@ -19,8 +19,8 @@ METRICS = ("mse", "cosine")
 def hidden_loss(student: Tensor, teacher: Tensor, metric: str) -> Tensor:
     """MSE or (1 - cosine similarity), averaged over positions. States `[..., d]`."""
     if metric == "mse":
-        return nn.functional.mse_loss(student.float(), teacher.float())
-    return (1 - nn.functional.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+        return nn.functional.mse_loss(wide(student), wide(teacher))
+    return (1 - nn.functional.cosine_similarity(wide(student), wide(teacher), dim=-1)).mean()
 
 
 class HiddenKD(DistillLoss):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tcompress.distill.base import DistillLoss, Outputs
+from tcompress.distill.base import DistillLoss, Outputs, wide
 
 DIRECTIONS = ("forward", "reverse")
 
@@ -21,8 +21,8 @@ def kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
             direction: str = "forward") -> Tensor:
     """Mean over positions of KL between softened distributions, times T^2.
     Logits `[..., vocab]`."""
-    log_s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_s = torch.log_softmax(wide(student_logits) / temperature, dim=-1)
+    log_t = torch.log_softmax(wide(teacher_logits) / temperature, dim=-1)
     if direction == "forward":
         kl = (log_t.exp() * (log_t - log_s)).sum(-1)
     else:
@@ -32,7 +32,7 @@ def kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
 
 def next_token_loss(logits: Tensor, ids: Tensor) -> Tensor:
     """Cross-entropy of each position's logits against the next token id."""
-    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    return nn.functional.cross_entropy(wide(logits[:, :-1].flatten(0, 1)), ids[:, 1:].flatten())
 
 
 class LogitKD(DistillLoss):

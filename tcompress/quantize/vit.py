@@ -62,7 +62,11 @@ class ViTQuant(ModelMethod):
             raise ValueError("vit-ptq needs a float model; this one is already quantized")
 
     def apply_model(self, model: nn.Module, calib: Any, progress: bool = True) -> None:
+        from tcompress.eval.vision import check_images
+
         batches = image_batches(calib)
+        for batch in batches:
+            check_images(model, batch)
         parts = adapter(model)
         search = self.quantizers == "vit"
         if search:
