@@ -216,7 +216,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_train_vit(args: argparse.Namespace) -> None:
     from tcompress.models.vit_fmnist import train_vit_fmnist
 
-    result = train_vit_fmnist(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    result = train_vit_fmnist(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              augmented=args.augmented)
     print(f"test accuracy {result['accuracy']:.4f} after {args.epochs} epochs in {result['seconds']:.0f} s; "
           f"wrote {args.out}")
 
@@ -362,14 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(commands, EPILOG, _positive)
 
+    from tcompress.export.cli import add_command
+
+    add_command(commands, EPILOG)
+
     train_vit = commands.add_parser(
         "train-vit", help="train the vit-fmnist model (the offline vision subject) from scratch",
         epilog="The recipe that made the weights shipped as `vit-fmnist`; Fashion-MNIST comes from "
         "$TCOMPRESS_DATA/fashion-mnist or Debian's dataset-fashion-mnist.")
     train_vit.add_argument("--out", required=True, help="folder to save the trained model to")
-    train_vit.add_argument("--epochs", type=_positive, default=10, help="default 10")
+    train_vit.add_argument("--epochs", type=_positive, default=8, help="default 8")
     train_vit.add_argument("--batch-size", type=_positive, default=128, help="default 128")
-    train_vit.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    train_vit.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    train_vit.add_argument("--augmented", action="store_true", help="random crops and flips (default off)")
     train_vit.add_argument("--seed", type=int, default=0, help="default 0")
     train_vit.set_defaults(run=cmd_train_vit)
     return parser

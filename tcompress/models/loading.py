@@ -89,8 +89,9 @@ def _load_gguf(path: Path, dtype) -> tuple[nn.Module, Any]:
     try:
         processor = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    except (ValueError, KeyError) as error:
-        raise UnsupportedArchitectureError(f"cannot read GGUF file {str(path)!r}: {error}") from error
+    except (ValueError, KeyError, IndexError, EOFError) as error:
+        raise UnsupportedArchitectureError(f"cannot read GGUF file {str(path)!r} (corrupted, truncated, or of an "
+                                           f"architecture transformers cannot build): {error}") from error
     drop_gguf_marker(model)
     model.tc_record = Record(source=str(path))
     return model, processor

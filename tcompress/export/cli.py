@@ -1,0 +1,57 @@
+"""`tcompress export`: write a model for another runtime, load it back, and compare."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("gguf-q8_0", "gguf-q4_0", "hf")
+
+
+def add_command(commands: Any, epilog: str) -> None:
+    export = commands.add_parser(
+        "export", help="write a model for llama.cpp (GGUF) or any runtime (plain HF float), verified by loading it back",
+        epilog=epilog + " The export is loaded back (transformers' GGUF loader, or from_pretrained) and its "
+        "next-token predictions compared with the model's on a fixed prompt set; the command fails below "
+        "--min-agreement.")
+    export.add_argument("model", metavar="MODEL")
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="gguf-q8_0 / gguf-q4_0: llama.cpp (Llama family); hf: dequantized float folder")
+    export.add_argument("--out", required=True, help="the .gguf file, or the folder (hf)")
+    export.add_argument("--min-agreement", type=float,
+                        help="top-1 agreement required (default 0.99; 0.90 where weights had to be requantized)")
+    export.set_defaults(run=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import tcompress as tc
+    from tcompress.export.verify import compare
+
+    out = Path(args.out)
+    if args.format.startswith("gguf") and out.suffix != ".gguf":
+        raise ValueError(f"--out {str(out)!r}: a GGUF export is a file ending in .gguf")
+    model, tok = tc.load(args.model)
+    requantized = 0
+    if args.format == "hf":
+        from tcompress.export.plain import export_hf
+
+        export_hf(model, tok, out)
+        exported, _ = tc.load(out)
+        size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    else:
+        from tcompress.export.gguf import export_gguf
+
+        result = export_gguf(model, tok, out, args.format.removeprefix("gguf-"))
+        requantized = result.requantized
+        print(f"{result.tensors} tensors; {result.from_codes} linears written from their own codes, "
+              f"{result.requantized} requantized")
+        exported, _ = tc.load(out)
+        size = out.stat().st_size
+    check = compare(model, exported, tok)
+    floor = args.min_agreement if args.min_agreement is not None else (0.90 if requantized else 0.99)
+    print(f"{args.format}: {size / 2**20:.1f} MB; loaded back: top-1 agreement {check.top1:.4f}, "
+          f"KL {check.kl:.5f} nats/token on the check prompts")
+    if check.top1 < floor:
+        raise ValueError(f"the export agrees with the model on {check.top1:.2%} of next tokens, below {floor:.0%}")
+    print(f"wrote {out}")

@@ -1,0 +1,191 @@
+"""Export to GGUF (llama.cpp, and transformers' GGUF loader) for Llama-family models.
+
+Block linears are written as Q8_0 or Q4_0 (blocks of 32 inputs with an fp16 scale), the
+embeddings and an untied head as Q8_0 (or F16 / F32: `embeddings=`), the norms in F32. A
+`QuantLinear` on the type's own grid (8 or 4 bits, groups of 32, symmetric: `value =
+d * (code - 2^(bits-1))`) is written from its codes and scales as they are, losslessly;
+any other weight is dequantized and requantized (the export says how many).
+Query and key rows are reordered as llama.cpp's rotary embedding expects. The tokenizer
+(byte-level BPE: vocabulary, merges, special tokens) goes into the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tcompress.models.adapters import adapter
+from tcompress.quantize.formats import QuantLinear
+
+log = logging.getLogger(__name__)
+
+TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
+         "f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32}
+OWN_GRIDS = {"q8_0": 8, "q4_0": 4}  # bits of the symmetric g32 grid each type stores as it is
+FILE_TYPES = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+BLOCK_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+@dataclass
+class GGUFExport:
+    path: Path
+    tensors: int
+    from_codes: int  # linears written from their own codes, losslessly
+    requantized: int  # linears dequantized and requantized to the file's type
+
+
+def export_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, qtype: str = "q4_0",
+                embeddings: str = "q8_0") -> GGUFExport:
+    """Write `model` (Llama family) with `tokenizer` to the GGUF file `path`."""
+    if qtype not in OWN_GRIDS:
+        raise ValueError(f"qtype must be one of {sorted(OWN_GRIDS)}, got {qtype!r}")
+    if embeddings not in TYPES:
+        raise ValueError(f"embeddings must be one of {sorted(TYPES)}, got {embeddings!r}")
+    parts = adapter(model)
+    if parts.family is None or parts.family.name != "llama":
+        raise ValueError(f"GGUF export writes Llama-family models; this is a {parts.name} model")
+    config = model.config
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    _metadata(writer, config, qtype)
+    _tokenizer(writer, tokenizer, config.vocab_size)
+    counts = {"from_codes": 0, "requantized": 0, "tensors": 0}
+    for name, data, ggml_type in _tensors(model, config, qtype, embeddings, counts):
+        writer.add_tensor(name, data, raw_dtype=ggml_type)
+        counts["tensors"] += 1
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(path)
+    return GGUFExport(path, counts["tensors"], counts["from_codes"], counts["requantized"])
+
+
+def _metadata(writer: gguf.GGUFWriter, config: Any, qtype: str) -> None:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_name(getattr(config, "_name_or_path", "") or "tcompress export")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or
+                                    (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(FILE_TYPES[qtype])
+
+
+def _tokenizer(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> None:
+    """Byte-level BPE vocabulary, merges and special tokens, as llama.cpp's `gpt2` model."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else None
+    if spec is None or spec["model"]["type"] != "BPE":
+        raise ValueError("GGUF export needs a fast byte-level BPE tokenizer (tokenizer.json with a BPE model)")
+    vocab = dict(spec["model"]["vocab"])
+    for added in spec.get("added_tokens", []):
+        vocab[added["content"]] = added["id"]
+    special = {added["id"] for added in spec.get("added_tokens", []) if added.get("special")}
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for text, index in vocab.items():
+        if index < vocab_size:
+            tokens[index] = text
+            types[index] = gguf.TokenType.CONTROL if index in special else gguf.TokenType.NORMAL
+    merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"].get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores([0.0] * vocab_size)  # BPE ranks live in the merges; transformers' reader wants the field
+    writer.add_token_merges(merges)
+    for role in ("bos", "eos", "unk", "pad"):
+        index = getattr(tokenizer, f"{role}_token_id", None)
+        if index is not None:
+            getattr(writer, f"add_{role}_token_id")(index)
+    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+
+
+def _tensors(model: nn.Module, config: Any, qtype: str, embeddings: str, counts: dict):
+    state = {name: module for name, module in model.named_modules()}
+    yield "token_embd.weight", _quantized(model.get_input_embeddings().weight, embeddings), TYPES[embeddings]
+    for index in range(config.num_hidden_layers):
+        prefix = f"model.layers.{index}"
+        for source, target in BLOCK_NAMES.items():
+            module = state[f"{prefix}.{source}"]
+            name = f"blk.{index}.{target}.weight"
+            if target in ("attn_norm", "ffn_norm"):
+                yield name, module.weight.detach().float().numpy(), gguf.GGMLQuantizationType.F32
+                continue
+            heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(target)
+            yield name, *_linear(module, qtype, heads, counts)
+    yield "output_norm.weight", model.model.norm.weight.detach().float().numpy(), gguf.GGMLQuantizationType.F32
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        yield "output.weight", _quantized(_weight(head), embeddings), TYPES[embeddings]
+
+
+def _linear(module: nn.Module, qtype: str, heads: int | None, counts: dict) -> tuple[np.ndarray, Any]:
+    grid = getattr(module, "grid", None)
+    if (isinstance(module, QuantLinear) and grid.bits == OWN_GRIDS[qtype] and grid.group_size == 32
+            and grid.symmetric and module.outliers == 0 and module.input_scale is None):
+        counts["from_codes"] += 1
+        codes, scales = module.codes(), module.scales
+        if heads is not None:
+            codes, scales = _rope_order(codes, heads), _rope_order(scales, heads)
+        return (q4_0_blocks if qtype == "q4_0" else q8_0_blocks)(codes, scales), TYPES[qtype]
+    counts["requantized"] += isinstance(module, QuantLinear)
+    weight = _weight(module)
+    return _quantized(_rope_order(weight, heads) if heads is not None else weight, qtype), TYPES[qtype]
+
+
+def _weight(module: nn.Module) -> Tensor:
+    return module.dequantize(torch.float32) if hasattr(module, "dequantize") else module.weight.detach().float()
+
+
+def _quantized(weight: Tensor, qtype: str) -> np.ndarray:
+    array = weight.detach().float().numpy()
+    if qtype in ("f16", "f32"):
+        return array.astype(np.float16 if qtype == "f16" else np.float32)
+    return gguf.quants.quantize(array, TYPES[qtype])
+
+
+def _rope_order(rows: Tensor, heads: int) -> Tensor:
+    """Rows of each head from HF's rotary layout (halves) to llama.cpp's (interleaved pairs)."""
+    return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def q4_0_blocks(codes: Tensor, scales: Tensor) -> np.ndarray:
+    """Q4_0 bytes `[out, in / 32 * 18]` of codes `[out, in]` (0..15, value = d * (code - 8))
+    with one fp16 scale `d` per 32 inputs `[out, in / 32]`."""
+    out, inputs = codes.shape
+    blocks = codes.to(torch.uint8).reshape(out, inputs // 32, 32)
+    packed = blocks[..., :16] | (blocks[..., 16:] << 4)  # [out, blocks, 16]
+    d = scales.to(torch.float16).reshape(out, inputs // 32, 1).view(torch.uint8)  # [out, blocks, 2]
+    return torch.cat([d, packed], dim=-1).reshape(out, -1).numpy()
+
+
+def q8_0_blocks(codes: Tensor, scales: Tensor) -> np.ndarray:
+    """Q8_0 bytes `[out, in / 32 * 34]` of codes `[out, in]` (0..255, value = d * (code - 128))
+    with one fp16 scale `d` per 32 inputs `[out, in / 32]`."""
+    out, inputs = codes.shape
+    signed = (codes.to(torch.int16) - 128).to(torch.int8).reshape(out, inputs // 32, 32).view(torch.uint8)
+    d = scales.to(torch.float16).reshape(out, inputs // 32, 1).view(torch.uint8)  # [out, blocks, 2]
+    return torch.cat([d, signed], dim=-1).reshape(out, -1).numpy()

@@ -1,0 +1,121 @@
+"""Exports: GGUF (Q8_0, Q4_0; lossless from Q4_0-grid codes) and plain HF float, each loaded
+back and compared; corrupted or truncated files give clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import tcompress as tc
+from tcompress.cli import main
+from tcompress.export.gguf import export_gguf, q4_0_blocks
+from tcompress.export.plain import export_hf
+from tcompress.export.verify import compare
+
+from conftest import byte_tokenizer, needs_default, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    return tiny_llama(vocab_size=257).eval(), byte_tokenizer()
+
+
+def test_q4_0_blocks_match_the_gguf_reference():
+    import gguf
+
+    torch.manual_seed(0)
+    weight = torch.randn(3, 64)
+    codes, scales, _ = tc.quantize.grid.quantize_weight(weight, tc.quantize.Grid(4, 32, symmetric=True))
+    ours = q4_0_blocks(codes, scales)
+    dequantized = gguf.quants.dequantize(ours, gguf.GGMLQuantizationType.Q4_0)
+    expected = (codes.float() - 8) * scales.repeat_interleave(32, dim=1)
+    torch.testing.assert_close(torch.from_numpy(dequantized).reshape(3, 64), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("qtype, bits", [("q8_0", 8), ("q4_0", 4)])
+def test_gguf_written_from_codes_is_lossless(pair, tmp_path, qtype, bits):
+    model, tok = pair
+    quantized = tc.apply(copy.deepcopy(model), tc.quantize.RTN(bits=bits, group_size=32, symmetric=True))
+    result = export_gguf(quantized, tok, tmp_path / "m.gguf", qtype, embeddings="f32")
+    assert result.tensors == 2 + 2 * 9 + 1  # embeddings, 9 per block, final norm (the head is tied)
+    assert result.from_codes == 14 and result.requantized == 0
+    loaded, loaded_tok = tc.load(tmp_path / "m.gguf")
+    layer, ours = loaded.model.layers[1], quantized.model.layers[1]
+    for name in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"):
+        torch.testing.assert_close(layer.get_submodule(name).weight, ours.get_submodule(name).dequantize(),
+                                   rtol=0, atol=0)
+    check = compare(quantized, loaded, tok)
+    assert check.top1 == 1.0 and check.kl < 1e-9
+    assert loaded_tok("hello world")["input_ids"] == tok("hello world")["input_ids"]
+
+
+def test_gguf_requantizes_other_grids(pair, tmp_path):
+    model, tok = pair
+    quantized = tc.apply(copy.deepcopy(model), tc.quantize.RTN(bits=4, group_size=16))
+    result = export_gguf(quantized, tok, tmp_path / "m.gguf", "q4_0")
+    assert result.from_codes == 0 and result.requantized == 14
+    check = compare(quantized, tc.load(tmp_path / "m.gguf")[0], tok)
+    assert check.kl < 0.01
+
+
+def test_plain_hf_export_of_a_packed_model(pair, tmp_path):
+    model, tok = pair
+    quantized = tc.apply(copy.deepcopy(model), tc.quantize.RTN(bits=3, group_size=32))
+    export_hf(quantized, tok, tmp_path / "plain")
+    assert not (tmp_path / "plain" / "tcompress.json").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    ids = torch.randint(0, 257, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, quantized(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_corrupted_and_truncated_gguf_give_clear_errors(pair, tmp_path):
+    model, tok = pair
+    export_gguf(model, tok, tmp_path / "m.gguf", "q8_0")
+    data = (tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+    (tmp_path / "bad.gguf").write_bytes(b"XXXX" + data[4:])
+    for name in ("cut.gguf", "bad.gguf"):
+        with pytest.raises(ValueError, match="cannot read GGUF file .*corrupted, truncated"):
+            tc.load(tmp_path / name)
+
+
+def test_gguf_export_refuses_other_families(tmp_path):
+    from conftest import build
+
+    with pytest.raises(ValueError, match="writes Llama-family models; this is a gpt2 model"):
+        export_gguf(build("gpt2"), byte_tokenizer(), tmp_path / "m.gguf")
+    with pytest.raises(ValueError, match="qtype must be one of"):
+        export_gguf(tiny_llama(), byte_tokenizer(), tmp_path / "m.gguf", "q5_k")
+    with pytest.raises(ValueError, match="embeddings must be one of"):
+        export_gguf(tiny_llama(), byte_tokenizer(), tmp_path / "m.gguf", "q8_0", embeddings="q2")
+
+
+def test_export_command(pair, tmp_path, capsys):
+    model, tok = pair
+    tc.save(model, tmp_path / "model", tok)
+    argv = ["-q", "export", str(tmp_path / "model"), "--format", "gguf-q8_0", "--out", str(tmp_path / "m.gguf")]
+    assert main([*argv, "--min-agreement", "1.01"]) == 2
+    assert "below 101%" in capsys.readouterr().err
+    assert main([*argv, "--min-agreement", "0.95"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 agreement" in out and "wrote" in out
+    assert main(["-q", "export", str(tmp_path / "model"), "--format", "hf", "--out", str(tmp_path / "plain")]) == 0
+    assert main(["-q", "export", str(tmp_path / "model"), "--format", "gguf-q4_0", "--out", str(tmp_path / "m")]) == 2
+    assert "ending in .gguf" in capsys.readouterr().err
+
+
+@needs_default
+@pytest.mark.slow
+def test_default_model_gguf_q8_0_agrees_on_99_percent(tmp_path):
+    model, tok = tc.load("default")
+    tc.apply(model, tc.quantize.RTN(bits=8, group_size=32, symmetric=True))
+    assert export_gguf(model, tok, tmp_path / "m.gguf", "q8_0").from_codes == 30 * 7
+    loaded, loaded_tok = tc.load(tmp_path / "m.gguf")
+    assert loaded_tok("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
+    check = compare(model, loaded, tok)
+    assert check.top1 >= 0.99, check
