@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--qat-from", default="gptq", help="QAT starting points: gptq and/or rtn")
     parser.add_argument("--generate", type=int, default=96, help="texts the teacher writes")
     parser.add_argument("--parts", default="pruned,qat", help="which parts to run: pruned, qat")
+    parser.add_argument("--teacher-ppl", type=float, help="the teacher's perplexity, if already measured "
+                        "on the same windows (it is deterministic): skips measuring it again")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     os.environ.setdefault("TCOMPRESS_DATA", str(Path(args.data).resolve()))
@@ -58,7 +60,8 @@ def main() -> None:
     c4 = text_blocks("c4", tok, seqlen=args.seqlen, split="validation")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, micro_batch_size=4, lr=args.lr,
                          warmup_steps=max(1, args.steps // 10))
-    rows = [{"model": "teacher (fp32)", "wt2 ppl": ppl(teacher)}]
+    print(f"train on {len(c4)} C4 blocks of {args.seqlen} tokens", flush=True)
+    rows = [{"model": "teacher (fp32)", "wt2 ppl": args.teacher_ppl or ppl(teacher)}]
     show(rows)
     teacher_ppl = rows[0]["wt2 ppl"]
     if "pruned" in args.parts:
