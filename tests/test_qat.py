@@ -30,15 +30,15 @@ def test_scale_gradient_is_lsq():
     grid = Grid(bits=3, group_size=8)
     layer = FakeQuantLinear.from_linear(nn.Linear(8, 1, bias=False), grid)
     layer.weight.data = weight.clone()
-    layer.scale.data = torch.tensor([[0.3]])
+    layer.log_scale.data = torch.tensor([[0.3]]).log()
     layer.zero.copy_(torch.tensor([[3.0]]))
     layer.quantized_weight().sum().backward()
     s, z, maxq = 0.3, 3.0, grid.maxq
     v = weight / torch.tensor(s).half().float() + z
     inside = (torch.round(v) - z) - (v - z)  # LSQ: round(w/s) - w/s inside the range
     per_weight = torch.where(v.round() < 0, torch.tensor(-z), torch.where(v.round() > maxq, torch.tensor(maxq - z), inside))
-    expected = per_weight.sum() / (8 * maxq) ** 0.5
-    torch.testing.assert_close(layer.scale.grad, expected.reshape(1, 1), rtol=1e-4, atol=1e-6)
+    expected = per_weight.sum() / (8 * maxq) ** 0.5  # LSQ's dL/ds; the parameter is log s: times s
+    torch.testing.assert_close(layer.log_scale.grad, s * expected.reshape(1, 1), rtol=1e-4, atol=1e-6)
     # weights inside the range get gradient 1, clipped ones 0 (STE through the clamp)
     torch.testing.assert_close(layer.weight.grad, ((v.round() >= 0) & (v.round() <= maxq)).float())
 
@@ -53,7 +53,7 @@ def test_packed_model_computes_what_training_saw_and_reloads_bit_exactly(tmp_pat
         for module in model.modules():  # as if trained: weights and scales moved
             if isinstance(module, FakeQuantLinear):
                 module.weight.add_(0.01 * torch.randn_like(module.weight))
-                module.scale.mul_(1.05)
+                module.log_scale.add_(0.05)
         expected = model(input_ids=ids).logits
     convert_qat(model)
     assert isinstance(model.model.layers[0].mlp.down_proj, QuantLinear)
@@ -99,3 +99,26 @@ def test_bad_qat_settings():
         prepare_qat(tiny_llama(), QAT(include=("nothing.*",)))
     with pytest.raises(ValueError, match="does not divide"):
         prepare_qat(tiny_llama(), QAT(group_size=40))
+
+
+def test_activation_qat_packs_into_an_input_quantizer(tmp_path):
+    torch.manual_seed(0)
+    teacher = tiny_llama().eval()
+    data = torch.randint(0, VOCAB, (16, 16), generator=torch.Generator().manual_seed(0))
+    student = prepare_qat(copy.deepcopy(teacher), QAT(bits=4, group_size=32, act_bits=8))
+    distill(student, data, [LogitKD()], TrainConfig(steps=3, batch_size=8, lr=1e-3), teacher=teacher, progress=False)
+    quantizer = student.model.layers[0].mlp.down_proj.input_quantizer
+    assert bool(quantizer.started) and quantizer.log_scale.grad is None  # trained, then gradients cleared
+    with torch.no_grad():
+        expected = student(input_ids=data[:2]).logits
+    convert_qat(student)
+    packed = student.model.layers[0].mlp.down_proj
+    assert isinstance(packed.input_quantizer, tc.quantize.ActQuantizer) and packed.input_quantizer.bits == 8
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=data[:2]).logits, expected, rtol=1e-5, atol=1e-5)
+    tc.save(student, tmp_path / "w4a8")
+    loaded, _ = tc.load(tmp_path / "w4a8")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=data[:2]).logits, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="act_bits must be None or one of"):
+        QAT(act_bits=5)

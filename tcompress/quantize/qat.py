@@ -5,12 +5,16 @@ weight as the packed model will hold it: `(clamp(round(w / s + z), 0, maxq) - z)
 the rounding's gradient passed straight through (STE, Bengio et al., 2013). With
 `learn_scales` the group scales `s` train too, as LSQ defines it (Esser et al., 2020,
 arXiv:1902.08153): the gradient that autograd gives `s` through the STE is LSQ's, scaled
-by 1 / sqrt(group size * maxq). Scales are rounded to fp16 in the forward (again with a
+by 1 / sqrt(group size * maxq). Step sizes train in log space, so an optimizer step changes
+them by a relative amount and they stay positive. Scales are rounded to fp16 in the forward (again with a
 straight-through gradient), so `convert_qat` packs into `QuantLinear` codes that compute
 exactly what training saw; saving, loading and exports then work as for any PTQ model.
 
 A linear that is already a `QuantLinear` (GPTQ's output, say) starts from its own codes
-and scales, so QAT can refine a post-training result.
+and scales, so QAT can refine a post-training result. With `act_bits`, each linear's input
+is fake-quantized too (per tensor, asymmetric, its step size learned by LSQ from a min-max
+start on the first batch); packed, that becomes the `QuantLinear`'s input quantizer
+(activations simulated, as `activations.py` says).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from tcompress.methods import replace_module
+from tcompress.quantize.activations import ACT_BITS, ActQuantizer
 from tcompress.models.adapters import linear_weight
 from tcompress.quantize.base import WeightQuantizer
 from tcompress.quantize.formats import QuantLinear
@@ -52,9 +57,48 @@ class QAT(WeightQuantizer):
     name = "qat"
     needs_data = False
     learn_scales: bool = True  # LSQ: train the group scales with the weights
+    act_bits: int | None = None  # also fake-quantize each linear's input at these bits
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.act_bits is not None and (isinstance(self.act_bits, bool) or self.act_bits not in ACT_BITS):
+            raise ValueError(f"act_bits must be None or one of {ACT_BITS}, got {self.act_bits!r}")
 
     def apply(self, linear: nn.Module, stats: None, name: str) -> nn.Module:
-        return FakeQuantLinear.from_linear(linear, self.grid, self.learn_scales)
+        module = FakeQuantLinear.from_linear(linear, self.grid, self.learn_scales)
+        if self.act_bits is not None:
+            module.input_quantizer = LearnedActivationQuantizer(self.act_bits)
+        return module
+
+
+class LearnedActivationQuantizer(nn.Module):
+    """Per-tensor asymmetric fake quantization of activations with an LSQ-learned step size;
+    the step and zero point start from the min-max grid of the first batch it sees."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.register_buffer("zero", torch.zeros(()))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: Tensor) -> Tensor:
+        maxq = 2**self.bits - 1
+        if not self.started:
+            with torch.no_grad():
+                low, high = x.min().clamp(max=0), x.max().clamp(min=0)
+                step = max((high - low).item(), 1e-8) / maxq
+                self.log_scale.fill_(torch.tensor(step).log().item())
+                self.zero.fill_(torch.round(-low / step).item())
+                self.started.fill_(True)
+        scale = scaled_gradient(self.log_scale.exp(), (x.numel() * maxq) ** -0.5)
+        return (torch.clamp(round_ste(x / scale + self.zero), 0, maxq) - self.zero) * scale
+
+    def to_act_quantizer(self) -> ActQuantizer:
+        quantizer = ActQuantizer("uniform", self.bits)
+        quantizer.scale.fill_(self.log_scale.exp().item())
+        quantizer.zero.fill_(self.zero.item())
+        return quantizer.to(self.log_scale.device)
 
 
 class FakeQuantLinear(nn.Module):
@@ -65,10 +109,12 @@ class FakeQuantLinear(nn.Module):
         super().__init__()
         self.grid, self.in_features, self.out_features = grid, weight.shape[1], weight.shape[0]
         self.weight = nn.Parameter(weight.detach().float().clone())  # [out, in]
-        self.scale = nn.Parameter(scale.detach().float().clone(), requires_grad=learn_scales)  # [out, groups]
+        self.log_scale = nn.Parameter(scale.detach().float().clamp(min=2**-14).log(),
+                                      requires_grad=learn_scales)  # [out, groups]
         self.register_buffer("zero", zero.detach().float().clone())  # [out, groups], code units
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.gradient_scale = (self.in_features // scale.shape[1] * grid.maxq) ** -0.5
+        self.input_quantizer: LearnedActivationQuantizer | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Module, grid: Grid, learn_scales: bool = True) -> FakeQuantLinear:
@@ -86,13 +132,15 @@ class FakeQuantLinear(nn.Module):
 
     def stored_scale(self) -> Tensor:
         """The scales as fp16 will hold them, gradient passed through the rounding."""
-        scale = scaled_gradient(self.scale.clamp(min=2**-14), self.gradient_scale)
+        scale = scaled_gradient(self.log_scale.exp().clamp(min=2**-14), self.gradient_scale)
         return scale + (scale.half().float() - scale).detach()
 
     def quantized_weight(self) -> Tensor:
         return fake_quantize_ste(self.weight, self.stored_scale(), self.zero, self.grid.maxq)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
         return nn.functional.linear(x, self.quantized_weight().to(x.dtype), self.bias)
 
     @torch.no_grad()
@@ -101,12 +149,15 @@ class FakeQuantLinear(nn.Module):
         codes = torch.clamp(torch.round(self.weight / expand(scale, self.in_features)
                                         + expand(self.zero, self.in_features)), 0, self.grid.maxq)
         bias = self.bias.detach() if self.bias is not None else None
-        return QuantLinear.from_codes(codes.to(torch.uint8), scale, self.zero, self.grid, bias,
-                                      torch.float32).to(self.weight.device)
+        packed = QuantLinear.from_codes(codes.to(torch.uint8), scale, self.zero, self.grid, bias,
+                                        torch.float32).to(self.weight.device)
+        if self.input_quantizer is not None:
+            packed.input_quantizer = self.input_quantizer.to_act_quantizer()
+        return packed
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bits={self.grid.bits}, "
-                f"group={self.grid.group_size or 'channel'}, learn_scales={self.scale.requires_grad}")
+                f"group={self.grid.group_size or 'channel'}, learn_scales={self.log_scale.requires_grad}")
 
 
 def prepare_qat(model: nn.Module, config: QAT) -> nn.Module:
