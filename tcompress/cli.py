@@ -217,7 +217,7 @@ def cmd_train_vit(args: argparse.Namespace) -> None:
     from tcompress.models.vit_fmnist import train_vit_fmnist
 
     result = train_vit_fmnist(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              augmented=args.augmented)
+                              augmented=args.augmented, start=args.start)
     print(f"test accuracy {result['accuracy']:.4f} after {args.epochs} epochs in {result['seconds']:.0f} s; "
           f"wrote {args.out}")
 
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_vit.add_argument("--batch-size", type=_positive, default=128, help="default 128")
     train_vit.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     train_vit.add_argument("--augmented", action="store_true", help="random crops and flips (default off)")
+    train_vit.add_argument("--start", metavar="DIR", help="train on from this saved model (default: from scratch)")
     train_vit.add_argument("--seed", type=int, default=0, help="default 0")
     train_vit.set_defaults(run=cmd_train_vit)
     return parser

@@ -55,9 +55,9 @@ def augment(pixels: Tensor, generator: torch.Generator, pad: int = 2) -> Tensor:
 
 def train_vit_fmnist(out: str | Path, epochs: int = 8, batch_size: int = 128, lr: float = 1e-3,
                      weight_decay: float = 0.05, seed: int = 0, data: str = "fashion-mnist", augmented: bool = False,
-                     progress: bool = True) -> dict[str, float]:
-    """Train `vit-fmnist` from scratch and save it (with its processor) to `out`; returns
-    the test accuracy and the wall time."""
+                     start: str | Path | None = None, progress: bool = True) -> dict[str, float]:
+    """Train `vit-fmnist` from scratch (or on from the model saved at `start`) and save it
+    (with its processor) to `out`; returns the test accuracy and the wall time."""
     import tcompress as tc
 
     if epochs <= 0 or batch_size <= 0:
@@ -65,7 +65,7 @@ def train_vit_fmnist(out: str | Path, epochs: int = 8, batch_size: int = 128, lr
     image_processor = processor()
     train = tc.data.images(data, image_processor, split="train")
     test = tc.data.images(data, image_processor, split="test")
-    model = new_model(train.classes, seed)
+    model = new_model(train.classes, seed) if start is None else tc.load(start)[0].train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     steps = epochs * math.ceil(len(train) / batch_size)
     warmup = steps // epochs
