@@ -5,9 +5,9 @@ weights (`tcompress/models/weights/vit-fmnist`, ~2 MB). `train_vit_fmnist` is th
 regenerates them (`tcompress train-vit --out DIR`): a Hugging Face `ViTForImageClassification`
 (4 x 4 patches of the 28 x 28 image: 49 tokens and a class token), trained from scratch
 with AdamW, one epoch of warm-up then cosine decay, and label smoothing: 88.2% test accuracy
-after 8 epochs, 28 minutes on 2 CPU cores. DeiT's random crops and flips (`augmented=True`) slowed learning more than they
-helped over so few epochs (300 steps: 70% test accuracy with them, 79% without; 3 more epochs
-with them after the 8: 86.8%).
+after 8 epochs, 28 minutes on 2 CPU cores. DeiT's random crops and flips (`augmented=True`)
+slowed learning more than they helped over so few epochs (300 steps: 70% test accuracy with
+them, 79% without; 3 more epochs with them after the 8: 86.8%).
 """
 
 from __future__ import annotations
