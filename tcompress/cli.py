@@ -251,7 +251,11 @@ def add_calibration_and_output(parser: argparse.ArgumentParser, what: str) -> No
     parser.add_argument("--calib-samples", type=_positive, default=128, help="default 128")
     parser.add_argument("--calib-seqlen", type=_positive, default=512, help="default 512")
     parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default 0)")
-    parser.add_argument("--eval", metavar="DATA", help="also print perplexity before and after on DATA")
+    add_eval_and_output(parser, what, "also print perplexity before and after on DATA")
+
+
+def add_eval_and_output(parser: argparse.ArgumentParser, what: str, eval_help: str) -> None:
+    parser.add_argument("--eval", metavar="DATA", help=eval_help)
     parser.add_argument("--eval-windows", type=_positive, default=16, help="default 16")
     parser.add_argument("--eval-seqlen", type=_positive, default=2048, help="default 2048")
     parser.add_argument("--out", required=True, help=f"folder to save the {what} model to")

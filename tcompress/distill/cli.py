@@ -65,11 +65,10 @@ def add_training_flags(parser: argparse.ArgumentParser, positive: Any) -> None:
     train.add_argument("--warmup", type=int, default=0, help="warm-up steps (default 0)")
     train.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: never)")
     train.add_argument("--seed", type=int, default=0, help="data order and calibration seed (default 0)")
-    parser.add_argument("--eval", metavar="DATA", help="perplexity on DATA before, every --eval-every steps, after")
+    from tcompress.cli import add_eval_and_output
+
+    add_eval_and_output(parser, "trained", "perplexity on DATA before, every --eval-every steps, after")
     parser.add_argument("--eval-every", type=int, default=0, help="default: before and after only")
-    parser.add_argument("--eval-windows", type=positive, default=16, help="default 16")
-    parser.add_argument("--eval-seqlen", type=positive, default=2048, help="default 2048")
-    parser.add_argument("--out", required=True, help="folder to save the trained model to")
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
