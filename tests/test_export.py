@@ -4,6 +4,7 @@ back and compared; corrupted or truncated files give clear errors."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -105,6 +106,9 @@ def test_export_command(pair, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "top-1 agreement" in out and "wrote" in out
     assert main(["-q", "export", str(tmp_path / "model"), "--format", "hf", "--out", str(tmp_path / "plain")]) == 0
+    assert main(["-q", "export", str(tmp_path / "model"), "--format", "compressed-tensors", "--out",
+                 str(tmp_path / "ct")]) == 2
+    assert "no quantized linears" in capsys.readouterr().err
     assert main(["-q", "export", str(tmp_path / "model"), "--format", "gguf-q4_0", "--out", str(tmp_path / "m")]) == 2
     assert "ending in .gguf" in capsys.readouterr().err
 
@@ -117,5 +121,85 @@ def test_default_model_gguf_q8_0_agrees_on_99_percent(tmp_path):
     assert export_gguf(model, tok, tmp_path / "m.gguf", "q8_0").from_codes == 30 * 7
     loaded, loaded_tok = tc.load(tmp_path / "m.gguf")
     assert loaded_tok("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
+    check = compare(model, loaded, tok)
+    assert check.top1 >= 0.99, check
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_compressed_tensors_export_holds_our_codes(pair, tmp_path, symmetric):
+    from tcompress.export.compressed import export_compressed_tensors, load_compressed_tensors
+
+    model, tok = pair
+    quantized = tc.apply(copy.deepcopy(model), tc.quantize.RTN(bits=3, group_size=32, symmetric=symmetric))
+    result = export_compressed_tensors(quantized, tok, tmp_path / "ct")
+    assert (result.from_codes, result.requantized) == (14, 0)
+    config = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    assert config["format"] == "pack-quantized" and config["quant_method"] == "compressed-tensors"
+    loaded, packed = load_compressed_tensors(tmp_path / "ct")
+    assert packed == symmetric
+    if packed:  # held as int32-packed codes until the first forward
+        assert loaded.model.layers[0].mlp.down_proj.weight_packed.dtype == torch.int32
+    ids = torch.randint(0, 257, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, quantized(input_ids=ids).logits, rtol=0, atol=1e-5)
+
+
+def test_compressed_tensors_zero_points_and_codes_are_ours(pair, tmp_path):
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from safetensors.torch import load_file
+
+    from tcompress.export.compressed import export_compressed_tensors
+
+    model, tok = pair
+    quantized = tc.apply(copy.deepcopy(model), tc.quantize.RTN(bits=4, group_size=32))
+    export_compressed_tensors(quantized, tok, tmp_path / "ct")
+    state = load_file(tmp_path / "ct" / "model.safetensors")
+    ours = quantized.model.layers[1].self_attn.k_proj
+    name = "model.layers.1.self_attn.k_proj"
+    codes = unpack_from_int32(state[f"{name}.weight_packed"], 4, torch.Size(ours.codes().shape))
+    zeros = unpack_from_int32(state[f"{name}.weight_zero_point"], 4, torch.Size(ours.zeros.shape), packed_dim=0)
+    assert torch.equal(codes.long() + 8, ours.codes().long())
+    assert torch.equal(zeros.float() + 8, ours.zeros.float())
+    assert torch.equal(state[f"{name}.weight_scale"], ours.scales.float())
+
+
+def test_compressed_tensors_w8a8_and_requantized_layers(pair, tmp_path):
+    from tcompress.export.compressed import export_compressed_tensors, load_compressed_tensors
+
+    model, tok = pair
+    calib = torch.randint(0, 257, (4, 32), generator=torch.Generator().manual_seed(0))
+    smooth = tc.apply(copy.deepcopy(model), tc.quantize.SmoothQuant(), calib)
+    result = export_compressed_tensors(smooth, tok, tmp_path / "w8a8")
+    assert result.from_codes + result.requantized == 14
+    config = json.loads((tmp_path / "w8a8" / "config.json").read_text())["quantization_config"]
+    group = next(iter(config["config_groups"].values()))
+    assert group["input_activations"]["strategy"] == "token" and group["input_activations"]["dynamic"]
+    check = compare(smooth, load_compressed_tensors(tmp_path / "w8a8")[0], tok)
+    assert check.top1 > 0.95
+
+    hqq = tc.apply(copy.deepcopy(model), tc.quantize.HQQ(bits=4, group_size=32))
+    result = export_compressed_tensors(hqq, tok, tmp_path / "hqq")
+    assert result.requantized == 14  # fractional zero points: requantized on the same grid
+    assert compare(hqq, load_compressed_tensors(tmp_path / "hqq")[0], tok).kl < 0.05
+
+
+def test_compressed_tensors_export_refuses_a_float_model(pair, tmp_path):
+    from tcompress.export.compressed import export_compressed_tensors
+
+    model, tok = pair
+    with pytest.raises(ValueError, match="no quantized linears .* use --format hf"):
+        export_compressed_tensors(model, tok, tmp_path / "ct")
+
+
+@needs_default
+@pytest.mark.slow
+def test_default_model_compressed_tensors_w4_loads_quantized_and_agrees(tmp_path):
+    from tcompress.export.compressed import export_compressed_tensors, load_compressed_tensors
+
+    model, tok = tc.load("default")
+    tc.apply(model, tc.quantize.RTN(bits=4, group_size=64, symmetric=True))
+    assert export_compressed_tensors(model, tok, tmp_path / "ct").from_codes == 30 * 7
+    loaded, packed = load_compressed_tensors(tmp_path / "ct")
+    assert packed
     check = compare(model, loaded, tok)
     assert check.top1 >= 0.99, check

@@ -6,19 +6,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("gguf-q8_0", "gguf-q4_0", "hf")
+FORMATS = ("compressed-tensors", "gguf-q8_0", "gguf-q4_0", "hf")
 
 
 def add_command(commands: Any, epilog: str) -> None:
     export = commands.add_parser(
-        "export", help="write a model for llama.cpp (GGUF) or any runtime (plain HF float), verified by loading it back",
-        epilog=epilog + " The export is loaded back (transformers' GGUF loader, or from_pretrained) and its "
+        "export", help="write a model for vLLM (compressed-tensors), llama.cpp (GGUF) or any runtime (plain HF float), "
+        "verified by loading it back",
+        epilog=epilog + " The export is loaded back (from_pretrained, or transformers' GGUF loader) and its "
         "next-token predictions compared with the model's on a fixed prompt set; the command fails below "
         "--min-agreement.")
     export.add_argument("model", metavar="MODEL")
     export.add_argument("--format", required=True, choices=FORMATS,
-                        help="gguf-q8_0 / gguf-q4_0: llama.cpp (Llama family); hf: dequantized float folder")
-    export.add_argument("--out", required=True, help="the .gguf file, or the folder (hf)")
+                        help="compressed-tensors: a quantized model's packed codes, as llm-compressor writes them (vLLM, "
+                        "transformers); gguf-q8_0 / gguf-q4_0: llama.cpp (Llama family); hf: dequantized float folder")
+    export.add_argument("--out", required=True, help="the .gguf file, or the folder (compressed-tensors, hf)")
     export.add_argument("--min-agreement", type=float,
                         help="top-1 agreement required (default 0.99; 0.90 where weights had to be requantized)")
     export.set_defaults(run=cmd_export)
@@ -33,7 +35,16 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {str(out)!r}: a GGUF export is a file ending in .gguf")
     model, tok = tc.load(args.model)
     requantized = 0
-    if args.format == "hf":
+    if args.format == "compressed-tensors":
+        from tcompress.export.compressed import export_compressed_tensors, load_compressed_tensors
+
+        result = export_compressed_tensors(model, tok, out)
+        requantized = result.requantized
+        exported, packed = load_compressed_tensors(out)
+        print(f"{result.from_codes} linears written from their own codes, {result.requantized} requantized; "
+              f"loaded back {'quantized' if packed else 'dequantized (asymmetric zero points)'}")
+        size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    elif args.format == "hf":
         from tcompress.export.plain import export_hf
 
         export_hf(model, tok, out)
