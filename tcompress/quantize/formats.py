@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from tcompress import kernels
 from tcompress.quantize.grid import Grid, dequantize_codes, expand
 
 
@@ -152,11 +153,19 @@ class QuantLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        y = nn.functional.linear(x, self._quantized_part().to(x.dtype), bias)
+        if kernels.supports(self, x):  # the codes multiplied as they are, on CPU
+            y = kernels.linear(self, x if self.input_scale is None else x / self.input_scale.float())
+        else:
+            y = self.reference_forward(x)
         if self.outlier_index is not None:  # the float columns: x[..., index] @ outlier_weight.T
             y = y + x.index_select(-1, self.outlier_index) @ self.outlier_weight.to(x.dtype).t()
         return y
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """The product by dequantizing the codes to a float weight and calling matmul (the
+        reference for the kernels, and the path where none applies)."""
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return nn.functional.linear(x, self._quantized_part().to(x.dtype), bias)
 
     def extra_repr(self) -> str:
         size = self.grid.group_size or "channel"

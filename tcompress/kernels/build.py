@@ -1,0 +1,90 @@
+"""Compile the C kernels once per source and CPU, and load them with ctypes."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("qgemm.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+
+
+def enabled() -> bool:
+    return os.environ.get("TCOMPRESS_KERNELS", "1") != "0"
+
+
+def compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+
+
+def cpu_signature() -> str:
+    """The CPU's model and feature flags (a library built with -march=native is tied to them)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return "\n".join(lines) or platform.processor() or platform.machine()
+
+
+def library_path(cc: str) -> Path:
+    from tcompress.models.named import cache_root
+
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode() + cpu_signature().encode())
+    return cache_root() / "kernels" / f"qgemm-{key.hexdigest()[:16]}.so"
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, building them if needed; None where that is not possible."""
+    if not enabled():
+        return None
+    cc = compiler()
+    if cc is None:
+        log.info("no C compiler found: QuantLinear runs on the dequantize-then-matmul path")
+        return None
+    path = library_path(cc)
+    if not path.exists() and not build(cc, FLAGS, path):
+        return None
+    return load(path)
+
+
+def build(cc: str, flags: list[str], path: Path) -> bool:
+    """Compile the kernels with `flags` into `path`; False (and a warning) if the compiler fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")  # concurrent builds each rename a whole file
+    command = [cc, *flags, str(SOURCE), "-o", str(tmp)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        log.warning("building the CPU kernels failed (%s); using the reference path:\n%s",
+                    " ".join(command), result.stderr[-2000:])
+        tmp.unlink(missing_ok=True)
+        return False
+    tmp.replace(path)
+    return True
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """The library at `path` with its functions' signatures declared."""
+    lib = ctypes.CDLL(str(path))
+    pointer, integer = ctypes.c_void_p, ctypes.c_int
+    lib.tc_qgemm_f32.restype = lib.tc_dequantize.restype = lib.tc_simd.restype = integer
+    lib.tc_qgemm_f32.argtypes = [pointer, integer, integer, pointer, integer, pointer, pointer, integer, integer,
+                                 pointer, pointer, integer]
+    lib.tc_dequantize.argtypes = [pointer, integer, integer, pointer, pointer, integer, integer, pointer, integer]
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled kernels can be used on this machine."""
+    return library() is not None

@@ -1,0 +1,206 @@
+// Group-wise quantized matrix products for QuantLinear on CPU, fp32 activations:
+//   y[m, n] = bias[n] + sum_k x[m, k] * scale[n, g] * (code[n, k] - zero[n, g]),  g = k / group
+// Codes are tcompress's packing: 8 bits one byte each; 4 bits two to a byte, the even column in
+// the low nibble. Scales and zeros are fp16 [n, K / group]. Each output row's weights are read
+// once per call and used for all M input rows, so the cost is the weight bytes, not M.
+// Needs K and group to be multiples of 32. Built with AVX2/FMA/F16C where the CPU has them,
+// portable C otherwise.
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define TC_AVX2 1
+#endif
+
+static float half_to_float(uint16_t h) {
+#ifdef TC_AVX2
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0) {  // zero or subnormal
+        if (mant == 0) { bits = sign; } else {
+            exp = 127 - 15 + 1;
+            while (!(mant & 0x400)) { mant <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000 | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+// One output row's weights, decoded to floats in `w` [K]. For 4 bits the columns come in the
+// order of `permute_x4`: in every 32 columns, the 16 even ones, then the 16 odd ones.
+static void decode_row(const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, int K, int group,
+                       int bits, float *w) {
+    for (int g0 = 0; g0 < K; g0 += group) {
+        float s = half_to_float(scales[g0 / group]);
+        float sz = -s * half_to_float(zeros[g0 / group]);
+#ifdef TC_AVX2
+        __m256 vs = _mm256_set1_ps(s), vsz = _mm256_set1_ps(sz);
+        if (bits == 8) {
+            for (int k = g0; k < g0 + group; k += 8) {
+                __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + k))));
+                _mm256_storeu_ps(w + k, _mm256_fmadd_ps(c, vs, vsz));
+            }
+        } else {
+            const __m128i low = _mm_set1_epi8(0x0f);
+            for (int k = g0; k < g0 + group; k += 32) {
+                __m128i b = _mm_loadu_si128((const __m128i *)(q + k / 2));
+                __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+                __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+                for (int p = 0; p < 4; p++) {
+                    __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p]));
+                    _mm256_storeu_ps(w + k + 8 * p, _mm256_fmadd_ps(c, vs, vsz));
+                }
+            }
+        }
+#else
+        for (int k = g0; k < g0 + group; k++) {
+            int code;
+            if (bits == 8) {
+                code = q[k];
+            } else {  // position k of the permuted order: chunk c, slot j
+                int c = k & ~31, j = k & 31, col = j < 16 ? c + 2 * j : c + 2 * (j - 16) + 1;
+                code = (q[col / 2] >> (4 * (col & 1))) & 0xf;
+            }
+            w[k] = code * s + sz;
+        }
+#endif
+    }
+}
+
+#ifdef TC_AVX2
+static float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+static float dot(const float *a, const float *b, int K) {
+#ifdef TC_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+           acc3 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 16), _mm256_loadu_ps(b + k + 16), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 24), _mm256_loadu_ps(b + k + 24), acc3);
+    }
+    for (; k < K; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+    return hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+#else
+    float s = 0.f;
+    for (int k = 0; k < K; k++) s += a[k] * b[k];
+    return s;
+#endif
+}
+
+// out[r * stride] = w . x_r for four rows x_r = x + r * K: each weight vector is loaded once for all four.
+static void dot4(const float *w, const float *x, int K, float *out, size_t stride) {
+#ifdef TC_AVX2
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * (size_t)K, *x3 = x + 3 * (size_t)K;
+    for (int k = 0; k < K; k += 16) {
+        __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + k), a0);
+        a1 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x1 + k), a1);
+        a2 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x2 + k), a2);
+        a3 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x3 + k), a3);
+        b0 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x0 + k + 8), b0);
+        b1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x1 + k + 8), b1);
+        b2 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x2 + k + 8), b2);
+        b3 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x3 + k + 8), b3);
+    }
+    out[0] = hsum(_mm256_add_ps(a0, b0));
+    out[stride] = hsum(_mm256_add_ps(a1, b1));
+    out[2 * stride] = hsum(_mm256_add_ps(a2, b2));
+    out[3 * stride] = hsum(_mm256_add_ps(a3, b3));
+#else
+    for (int r = 0; r < 4; r++) out[r * stride] = dot(w, x + (size_t)r * K, K);
+#endif
+}
+
+// x [M, K] into the column order of decode_row for 4 bits.
+static void permute_x4(const float *x, int M, int K, float *out) {
+    for (int m = 0; m < M; m++) {
+        const float *row = x + (size_t)m * K;
+        float *dst = out + (size_t)m * K;
+        for (int c = 0; c < K; c += 32)
+            for (int j = 0; j < 16; j++) {
+                dst[c + j] = row[c + 2 * j];
+                dst[c + 16 + j] = row[c + 2 * j + 1];
+            }
+    }
+}
+
+static int supported(int K, int group, int bits) {
+    return (bits == 4 || bits == 8) && K % 32 == 0 && group % 32 == 0 && K % group == 0;
+}
+
+// y [M, N] = x [M, K] times the quantized weight, plus bias. Returns 0, or -1 when the shapes
+// are not supported (the caller then takes the reference path).
+int tc_qgemm_f32(const float *x, int M, int K, const uint8_t *q, int N, const uint16_t *scales,
+                 const uint16_t *zeros, int group, int bits, const float *bias, float *y, int threads) {
+    if (!supported(K, group, bits)) return -1;
+    const float *xs = x;
+    float *permuted = NULL;
+    if (bits == 4) {
+        permuted = (float *)malloc(sizeof(float) * (size_t)M * K);
+        if (!permuted) return -1;
+        permute_x4(x, M, K, permuted);
+        xs = permuted;
+    }
+    const size_t row_bytes = (size_t)K * bits / 8;
+    const int groups = K / group;
+#pragma omp parallel num_threads(threads)
+    {
+        float *w = (float *)malloc(sizeof(float) * (size_t)K);
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            decode_row(q + n * row_bytes, scales + (size_t)n * groups, zeros + (size_t)n * groups, K, group, bits, w);
+            int m = 0;
+            for (; m + 4 <= M; m += 4) dot4(w, xs + (size_t)m * K, K, y + (size_t)m * N + n, N);
+            for (; m < M; m++) y[(size_t)m * N + n] = dot(w, xs + (size_t)m * K, K);
+            if (bias)
+                for (int r = 0; r < M; r++) y[(size_t)r * N + n] += bias[n];
+        }
+        free(w);
+    }
+    free(permuted);
+    return 0;
+}
+
+// The float weight [N, K] (for 4 bits in the column order of decode_row), for a BLAS product.
+int tc_dequantize(const uint8_t *q, int N, int K, const uint16_t *scales, const uint16_t *zeros, int group,
+                  int bits, float *w, int threads) {
+    if (!supported(K, group, bits)) return -1;
+    const size_t row_bytes = (size_t)K * bits / 8;
+    const int groups = K / group;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int n = 0; n < N; n++)
+        decode_row(q + n * row_bytes, scales + (size_t)n * groups, zeros + (size_t)n * groups, K, group, bits,
+                   w + (size_t)n * K);
+    return 0;
+}
+
+int tc_simd(void) {
+#ifdef TC_AVX2
+    return 1;
+#else
+    return 0;
+#endif
+}

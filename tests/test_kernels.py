@@ -1,0 +1,107 @@
+"""The CPU kernels of QuantLinear equal the dequantize-then-matmul reference (fp32 sums in
+another order: within 1e-5 relative to the output's scale), on the SIMD and the portable build;
+without a compiler everything takes the reference path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tcompress import kernels
+from tcompress.kernels import build
+from tcompress.quantize.formats import QuantLinear
+from tcompress.quantize.grid import Grid, quantize_weight
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="no C compiler: the kernels are not built")
+
+
+def layer(bits: int, group: int | None, in_features: int, out_features: int, bias: bool = True, **extra) -> QuantLinear:
+    torch.manual_seed(bits * 1000 + in_features + out_features)
+    codes, scales, zeros = quantize_weight(torch.randn(out_features, in_features), Grid(bits, group))
+    return QuantLinear.from_codes(codes, scales, zeros, Grid(bits, group), torch.randn(out_features) if bias else None,
+                                  torch.float32, **extra)
+
+
+def assert_matches_reference(module: QuantLinear, x: torch.Tensor, out: torch.Tensor) -> None:
+    expected = module.reference_forward(x)
+    if module.outlier_index is not None:
+        expected = expected + x[..., module.outlier_index] @ module.outlier_weight.float().t()
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * scale)
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64, None])
+@pytest.mark.parametrize("tokens", [1, 3, 4, 9, 16, 17, 70])  # 17 and 70: decoded weight and BLAS
+def test_kernel_equals_reference(bits, group, tokens):
+    module = layer(bits, group, 192, 40)
+    x = torch.randn(2, tokens, 192)
+    assert kernels.supports(module, x)
+    assert_matches_reference(module, x, module(x))
+
+
+@needs_kernels
+def test_gemv_and_decoded_weight_paths_directly():
+    module = layer(4, 64, 576, 96, bias=False)
+    x = torch.randn(5, 576)
+    assert_matches_reference(module, x, kernels.qgemm(module, x))
+    weight, order = kernels.decoded_weight(module)
+    torch.testing.assert_close(weight, module.dequantize()[:, order], rtol=0, atol=1e-6)
+
+
+@needs_kernels
+def test_input_scale_and_outliers_with_the_kernel():
+    codes, scales, zeros = quantize_weight(torch.randn(24, 64), Grid(4, 32))
+    module = QuantLinear.from_codes(codes, scales, zeros, Grid(4, 32), None, torch.float32,
+                                    input_scale=torch.rand(64) + 0.5, outlier_index=torch.tensor([3, 40], dtype=torch.int32),
+                                    outlier_weight=torch.randn(24, 2).half())
+    x = torch.randn(3, 64)
+    assert kernels.supports(module, x)
+    assert_matches_reference(module, x, module(x))
+
+
+def test_unsupported_layers_and_inputs_take_the_reference_path():
+    x = torch.randn(2, 96)
+    assert not kernels.supports(layer(3, 32, 96, 8), x)  # 3 bits
+    assert not kernels.supports(layer(4, 16, 96, 8), x)  # group of 16
+    assert not kernels.supports(layer(4, None, 48, 8), torch.randn(2, 48))  # width not a multiple of 32
+    assert not kernels.supports(layer(4, 32, 96, 8), x.double())
+    assert not kernels.supports(layer(4, 32, 96, 8), x.requires_grad_())  # training needs the autograd path
+
+
+@needs_kernels
+def test_portable_build_without_simd_equals_reference(tmp_path):
+    path = tmp_path / "portable.so"
+    flags = [flag for flag in build.FLAGS if flag != "-march=native"] + ["-mno-avx2", "-mno-fma", "-mno-f16c"]
+    assert build.build(build.compiler(), flags, path)
+    lib = build.load(path)
+    assert lib.tc_simd() == 0
+    module = layer(4, 64, 128, 24)
+    x = torch.randn(6, 128)
+    out = torch.empty(6, 24)
+    status = lib.tc_qgemm_f32(x.data_ptr(), 6, 128, module.qweight.data_ptr(), 24, module.scales.data_ptr(),
+                              module.zeros.data_ptr(), 64, 4, module.bias.data_ptr(), out.data_ptr(), 1)
+    assert status == 0
+    assert_matches_reference(module, x, out)
+
+
+def test_no_compiler_or_kernels_off_falls_back(monkeypatch):
+    module = layer(4, 32, 96, 8)
+    x = torch.randn(2, 96)
+    expected = module.reference_forward(x)
+    for patch in (lambda: monkeypatch.setattr(build, "compiler", lambda: None),
+                  lambda: monkeypatch.setenv("TCOMPRESS_KERNELS", "0")):
+        build.library.cache_clear()
+        try:
+            patch()
+            assert not kernels.available() and not kernels.supports(module, x)
+            assert torch.equal(module(x), expected)
+        finally:
+            monkeypatch.undo()
+            build.library.cache_clear()
+
+
+def test_a_failing_compiler_is_a_warning_not_an_error(tmp_path, caplog):
+    assert not build.build("false", build.FLAGS, tmp_path / "k.so")
+    assert "building the CPU kernels failed" in caplog.text and not (tmp_path / "k.so").exists()
