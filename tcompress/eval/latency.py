@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from tcompress.report import format_table
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
+ENGINES = ("auto", "hf", "tcompress")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,11 @@ class BenchSettings:
     new_tokens: int = 32  # decode steps per run (LMs)
     repeats: int = 5
     warmup: int = 1
+    engine: str = "auto"  # LMs: "hf" (the model's forward and cache), "tcompress" (runtime.Decoder), "auto"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if not self.batch_sizes or any(not isinstance(b, int) or b <= 0 for b in self.batch_sizes):
             raise ValueError(f"batch_sizes must be positive integers, got {self.batch_sizes!r}")
         for name in ("seqlen", "new_tokens", "repeats"):
@@ -184,27 +188,20 @@ def _bench_causal_lm(name: str, model: nn.Module, batch: int, settings: BenchSet
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (batch, settings.seqlen), generator=torch.Generator().manual_seed(0)).to(device)
-    cache_name = _cache_name(model)
-    # as generation does: logits of the last prompt position only
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    prefill, step = _lm_engine(model, batch, settings)
     decode_times: list[float] = []
 
-    def prefill() -> Any:
-        return model(input_ids=prompt, use_cache=True, **last_only)
-
     def prefill_and_decode() -> None:
-        out = prefill()
-        token = out.logits[:, -1:].argmax(-1)
+        token = prefill(prompt)
         _sync(device)
         start = time.perf_counter()
         for _ in range(settings.new_tokens):
-            out = model(input_ids=token, use_cache=True, **{cache_name: out[cache_name]})
-            token = out.logits[:, -1:].argmax(-1)
+            token = step(token)
         _sync(device)
         decode_times.append((time.perf_counter() - start) / settings.new_tokens)
 
     with PeakMemory(device) as memory:
-        prefill_times = _timed(prefill, settings, device)
+        prefill_times = _timed(lambda: prefill(prompt), settings, device)
         _timed(prefill_and_decode, settings, device)
     decode_times = decode_times[settings.warmup :]
     prefill_s, decode_s = statistics.median(prefill_times), statistics.median(decode_times)
@@ -213,6 +210,40 @@ def _bench_causal_lm(name: str, model: nn.Module, batch: int, settings: BenchSet
         BenchRow(name, "prefill", batch, settings.seqlen, prefill_s * 1e3, batch * settings.seqlen / prefill_s, peak),
         BenchRow(name, "decode", batch, settings.seqlen, decode_s * 1e3, batch / decode_s, peak),
     ]
+
+
+def uses_fast_decoder(model: nn.Module, engine: str) -> bool:
+    """Whether `engine` means tcompress's decoder for this model ("auto": where it applies)."""
+    from tcompress.runtime.decoder import FAMILIES
+
+    if engine == "auto":
+        return getattr(getattr(model, "config", None), "model_type", None) in FAMILIES
+    return engine == "tcompress"
+
+
+def _lm_engine(model: nn.Module, batch: int, settings: BenchSettings) -> tuple[Callable, Callable]:
+    """`prefill(prompt) -> next token` and `step(token) -> next token` (greedy) for the engine."""
+    if uses_fast_decoder(model, settings.engine):
+        from tcompress.runtime import Decoder
+
+        decoder = Decoder(model, max_length=settings.seqlen + settings.new_tokens + 1, batch_size=batch)
+        return (lambda prompt: decoder.prefill(prompt).argmax(-1)), (lambda token: decoder.step(token).argmax(-1))
+    cache_name = _cache_name(model)
+    # as generation does: logits of the last prompt position only
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    state: dict[str, Any] = {}
+
+    def prefill(prompt: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=prompt, use_cache=True, **last_only)
+        state["cache"] = out[cache_name]
+        return out.logits[:, -1:].argmax(-1)
+
+    def step(token: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=token, use_cache=True, **{cache_name: state["cache"]})
+        state["cache"] = out[cache_name]
+        return out.logits[:, -1:].argmax(-1)
+
+    return prefill, step
 
 
 def _example_inputs(model: nn.Module, kind: str, batch: int, settings: BenchSettings) -> dict[str, torch.Tensor]:

@@ -1,0 +1,5 @@
+"""Fast inference paths: a lean decoder with a static KV cache for Llama-family models."""
+
+from tcompress.runtime.decoder import Decoder
+
+__all__ = ["Decoder"]

@@ -1,0 +1,132 @@
+"""A lean decoder for Llama-family models (Llama, Mistral, Qwen2, Qwen3, SmolLM): prefill and
+token-by-token decoding with a static KV cache, using the model's own modules.
+
+Hugging Face's generic forward spends most of a CPU decode step in Python: cache objects, mask
+building, dispatch over options. This decoder does only what a decoder-only Llama step needs:
+one RMSNorm op, the projections (QuantLinear's packed kernels where the model has them),
+rotary embedding from a precomputed table, a write into preallocated K/V tensors, one SDPA
+call over the filled part of the cache, the gated MLP. Its logits equal the model's forward
+(tested), so a quantized model decodes what it computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+class Decoder:
+    """Greedy or stepwise decoding of `model` for up to `batch_size` sequences of at most
+    `max_length` tokens (prompt plus new tokens)."""
+
+    def __init__(self, model: nn.Module, max_length: int = 2048, batch_size: int = 1):
+        check_model(model)
+        config = model.config
+        self.model, self.max_length, self.batch_size = model.eval(), max_length, batch_size
+        self.layers = list(model.model.layers)
+        attention = self.layers[0].self_attn
+        self.head_dim = attention.head_dim
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.scaling = attention.scaling
+        parameter = next(model.parameters())
+        self.dtype, self.device = parameter.dtype, parameter.device
+        positions = torch.arange(max_length, device=self.device)[None]
+        cos, sin = model.model.rotary_emb(torch.zeros(1, dtype=self.dtype, device=self.device), positions)
+        half = self.head_dim // 2
+        self.cos = cos[0]  # [max_length, head_dim]
+        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # the sign of rotate_half folded in
+        shape = (len(self.layers), batch_size, self.kv_heads, max_length, self.head_dim)
+        self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.length = 0
+        self.active = 0  # sequences in the current batch
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: Tensor) -> Tensor:
+        """Start new sequences from prompts `[batch, tokens]` (no padding); the next-token logits `[batch, vocab]`."""
+        batch, tokens = input_ids.shape
+        if batch > self.batch_size or tokens > self.max_length:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)}: this decoder holds at most {self.batch_size} "
+                             f"sequences of {self.max_length} tokens")
+        self.length, self.active = 0, batch
+        return self._forward(input_ids)
+
+    @torch.inference_mode()
+    def step(self, tokens: Tensor) -> Tensor:
+        """Append one token per sequence `[batch]` or `[batch, 1]`; the next-token logits `[batch, vocab]`."""
+        tokens = tokens.reshape(self.active, 1)
+        if self.length + 1 > self.max_length:
+            raise ValueError(f"the sequences reached max_length={self.max_length}")
+        return self._forward(tokens)
+
+    @torch.inference_mode()
+    def generate(self, input_ids: Tensor, max_new_tokens: int) -> Tensor:
+        """Greedy continuation: `[batch, prompt + max_new_tokens]`."""
+        if input_ids.shape[1] + max_new_tokens > self.max_length:
+            raise ValueError(f"prompt {input_ids.shape[1]} + {max_new_tokens} new tokens exceed "
+                             f"max_length={self.max_length}")
+        out = [input_ids]
+        token = self.prefill(input_ids).argmax(-1)
+        for _ in range(max_new_tokens - 1):
+            out.append(token[:, None])
+            token = self.step(token).argmax(-1)
+        out.append(token[:, None])
+        return torch.cat(out, dim=1)
+
+    def _forward(self, ids: Tensor) -> Tensor:
+        batch, tokens = ids.shape
+        start, end = self.length, self.length + tokens
+        cos, sin = self.cos[start:end], self.sin[start:end]
+        h = self.model.model.embed_tokens(ids)
+        for index, layer in enumerate(self.layers):
+            h = h + self._attention(index, layer, h, cos, sin, start, end)
+            mlp = layer.mlp
+            x = layer.post_attention_layernorm(h)
+            h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+        self.length = end
+        h = self.model.model.norm(h[:, -1])
+        return self.model.lm_head(h)
+
+    def _attention(self, index: int, layer: nn.Module, h: Tensor, cos: Tensor, sin: Tensor, start: int,
+                   end: int) -> Tensor:
+        attention = layer.self_attn
+        batch, tokens, _ = h.shape
+        x = layer.input_layernorm(h)
+        q = attention.q_proj(x).view(batch, tokens, self.heads, self.head_dim)
+        k = attention.k_proj(x).view(batch, tokens, self.kv_heads, self.head_dim)
+        v = attention.v_proj(x).view(batch, tokens, self.kv_heads, self.head_dim)
+        if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm of each head before the rotation
+            q, k = attention.q_norm(q), attention.k_norm(k)
+        q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
+        keys, values = self.keys[index, :batch], self.values[index, :batch]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], is_causal=tokens > 1,
+                                             scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
+        return attention.o_proj(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding of `x` `[batch, heads, tokens, head_dim]` (HF's rotate_half convention),
+    with `sin` carrying the sign of the first half."""
+    half = x.shape[-1] // 2
+    return torch.addcmul(x * cos, x.roll(half, dims=-1), sin)
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse models this decoder does not compute exactly, naming what differs."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(f"the fast decoder serves {', '.join(FAMILIES)} models; this is {model_type!r} "
+                         f"(use the model's own generate)")
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", model_type == "mistral"):
+        raise ValueError(f"sliding-window attention (window {window}) is not supported by the fast decoder")
+    act = getattr(config, "hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ValueError(f"the fast decoder expects a SiLU-gated MLP; this model's hidden_act is {act!r}")
