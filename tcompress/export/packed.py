@@ -14,11 +14,12 @@ from torch import nn
 from tcompress.methods import replace_module
 from tcompress.prune.sparse import SparseLinear
 from tcompress.quantize.activations import ActQuantizer
+from tcompress.quantize.embedding import QuantEmbedding
 from tcompress.quantize.formats import QuantLinear
 from tcompress.quantize.int8 import Int8Linear
 
-PACKED_MODULES: dict[str, type[nn.Module]] = {module.format: module for module in (QuantLinear, Int8Linear, SparseLinear,
-                                                                                    ActQuantizer)}
+PACKED_MODULES: dict[str, type[nn.Module]] = {module.format: module for module in (
+    QuantLinear, Int8Linear, SparseLinear, ActQuantizer, QuantEmbedding)}
 
 
 def packed_layouts(model: nn.Module) -> dict[str, dict]:

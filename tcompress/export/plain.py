@@ -14,6 +14,7 @@ from torch import nn
 
 from tcompress.export.packed import PACKED_MODULES
 from tcompress.methods import replace_module
+from tcompress.quantize.embedding import QuantEmbedding
 
 
 def dequantized(model: nn.Module) -> nn.Module:
@@ -21,6 +22,10 @@ def dequantized(model: nn.Module) -> nn.Module:
     plain = copy.deepcopy(model)
     packed = tuple(PACKED_MODULES.values())
     for name, module in [(n, m) for n, m in plain.named_modules() if isinstance(m, packed)]:
+        if isinstance(module, QuantEmbedding):
+            replace_module(plain, name, nn.Embedding.from_pretrained(module.dequantize(torch.float32), freeze=True,
+                                                                     padding_idx=module.padding_idx))
+            continue
         if not hasattr(module, "in_features"):
             raise ValueError(f"{name}: a {type(module).__name__} has no float equivalent (activation quantizers "
                              f"are simulated); export the model before quantizing activations")

@@ -2,6 +2,7 @@
 rounding); `formats.py` holds the packed storage."""
 
 from tcompress.quantize.awq import AWQ
+from tcompress.quantize.embedding import EmbeddingQuant, QuantEmbedding
 from tcompress.quantize.formats import QuantLinear, pack, unpack
 from tcompress.quantize.gptq import GPTQ
 from tcompress.quantize.grid import Grid
@@ -14,5 +15,5 @@ from tcompress.quantize.smoothquant import SmoothQuant
 from tcompress.quantize.vit import ViTQuant
 from tcompress.quantize.activations import ActQuantizer
 
-__all__ = ["AWQ", "QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN", "Int8Linear", "Outliers", "outlier_report",
+__all__ = ["AWQ", "EmbeddingQuant", "QuantEmbedding", "QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN", "Int8Linear", "Outliers", "outlier_report",
            "SmoothQuant", "QAT", "FakeQuantLinear", "convert_qat", "prepare_qat", "ViTQuant", "ActQuantizer"]
