@@ -105,3 +105,19 @@ def test_no_compiler_or_kernels_off_falls_back(monkeypatch):
 def test_a_failing_compiler_is_a_warning_not_an_error(tmp_path, caplog):
     assert not build.build("false", build.FLAGS, tmp_path / "k.so")
     assert "building the CPU kernels failed" in caplog.text and not (tmp_path / "k.so").exists()
+
+
+@needs_kernels
+@pytest.mark.parametrize("tokens", [1, 5, 64])
+@pytest.mark.parametrize("in_features", [96, 1100])  # 1100: beyond one float-exact span and not a multiple of 32
+def test_int8_kernel_is_bit_identical_to_the_reference(tokens, in_features):
+    from tcompress.quantize.int8 import Int8Linear, quantize_rows, simulated_int8_matmul
+
+    torch.manual_seed(tokens)
+    linear = torch.nn.Linear(in_features, 48)
+    module = Int8Linear.from_linear(linear)
+    x = torch.randn(2, tokens, in_features) * 3
+    assert module.kernel_applies(x)
+    codes, token_scale = quantize_rows(x.reshape(-1, in_features))
+    expected = simulated_int8_matmul(codes, module.qweight.t()).float() * token_scale * module.scales + module.bias
+    assert torch.equal(module(x).reshape(-1, 48), expected)

@@ -82,6 +82,9 @@ def load(path: Path) -> ctypes.CDLL:
     lib.tc_qgemm_f32.argtypes = [pointer, integer, integer, pointer, integer, pointer, pointer, integer, integer,
                                  pointer, pointer, integer]
     lib.tc_dequantize.argtypes = [pointer, integer, integer, pointer, pointer, integer, integer, pointer, integer]
+    lib.tc_int8_gemm.restype = None
+    lib.tc_int8_gemm.argtypes = [pointer, pointer, integer, integer, pointer, pointer, integer, pointer, pointer,
+                                 integer]
     return lib
 
 

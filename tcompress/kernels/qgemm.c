@@ -197,6 +197,40 @@ int tc_dequantize(const uint8_t *q, int N, int K, const uint16_t *scales, const 
     return 0;
 }
 
+// W8A8: y [M, N] = (xq [M, K] . wq [N, K], exact in int32) * xs[m] * ws[n] + bias[n], codes in [-127, 127].
+static int32_t dot_i8(const int8_t *a, const int8_t *b, int K) {
+    int k = 0;
+    int32_t total = 0;
+#ifdef TC_AVX2
+    __m256i acc = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (; k + 32 <= K; k += 32) {
+        __m256i va = _mm256_loadu_si256((const __m256i *)(a + k)), vb = _mm256_loadu_si256((const __m256i *)(b + k));
+        // |a| (unsigned) times b with a's sign: pairs summed to int16 (at most 2 * 127 * 127), then to int32
+        __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(products, ones));
+    }
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    total = _mm_cvtsi128_si32(s);
+#endif
+    for (; k < K; k++) total += (int32_t)a[k] * b[k];
+    return total;
+}
+
+void tc_int8_gemm(const int8_t *xq, const float *xs, int M, int K, const int8_t *wq, const float *ws, int N,
+                  const float *bias, float *y, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int n = 0; n < N; n++) {
+        const int8_t *row = wq + (size_t)n * K;
+        for (int m = 0; m < M; m++) {
+            float value = (float)dot_i8(xq + (size_t)m * K, row, K) * xs[m] * ws[n];
+            y[(size_t)m * N + n] = bias ? value + bias[n] : value;
+        }
+    }
+}
+
 int tc_simd(void) {
 #ifdef TC_AVX2
     return 1;

@@ -82,3 +82,17 @@ def _bias(module) -> Tensor | None:
 def _check(status: int, module) -> None:
     if status != 0:
         raise ValueError(f"the CPU kernel refused a {module.grid.bits}-bit layer of width {module.in_features}")
+
+
+def int8_gemm(codes: Tensor, token_scale: Tensor, module) -> Tensor:
+    """W8A8: int8 `codes` `[tokens, in]` with per-token `token_scale` `[tokens, 1]` times the
+    module's int8 weight, exact in int32, scaled per token and channel, plus bias: the same
+    float operations as the reference, in the same order."""
+    codes = codes.contiguous()
+    token_scale = token_scale.float().contiguous()
+    out = torch.empty(codes.shape[0], module.out_features, dtype=torch.float32)
+    bias = _bias(module)
+    library().tc_int8_gemm(codes.data_ptr(), token_scale.data_ptr(), codes.shape[0], module.in_features,
+                           module.qweight.data_ptr(), module.scales.data_ptr(), module.out_features,
+                           None if bias is None else bias.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    return out

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tcompress import kernels
+
 from tcompress.models.adapters import linear_weight
 
 QMAX = 127  # symmetric: codes in [-127, 127], -128 unused
@@ -140,10 +142,19 @@ class Int8Linear(nn.Module):
             return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
         tokens = x.reshape(-1, self.in_features)
         codes, token_scale = quantize_rows(tokens)  # [tokens, in] int8, [tokens, 1]
-        y = int8_matmul(codes, self.qweight.t()).float() * token_scale * self.scales  # [tokens, out]
-        if self.bias is not None:
-            y = y + self.bias.float()
+        if self.kernel_applies(x):
+            y = kernels.int8_gemm(codes, token_scale, self)
+        else:
+            y = int8_matmul(codes, self.qweight.t()).float() * token_scale * self.scales  # [tokens, out]
+            if self.bias is not None:
+                y = y + self.bias.float()
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def kernel_applies(self, x: Tensor) -> bool:
+        """Whether the C int8 kernel serves this input (CPU, no gradient; integer sums exact, so
+        the result is bit-identical to the reference path)."""
+        return (x.device.type == "cpu" and self.scales.dtype == torch.float32
+                and not (x.requires_grad and torch.is_grad_enabled()) and kernels.available())
 
     def extra_repr(self) -> str:
         acts = "int8 per token" if self.activations else "float"
