@@ -36,7 +36,7 @@ class Pruned:
 
 
 def sparsegpt_prune(w: Tensor, h: Tensor, sparsity: float, *, nm: tuple[int, int] | None = None,
-                    grid: Grid | None = None, block_size: int = 128, damp: float = 0.01) -> Pruned:
+                    grid: Grid | None = None, block_size: int = 128, damp: float = 0.1) -> Pruned:
     """Prune `w` `[out, in]` given the Hessian `h` `[in, in]` of its inputs; with `grid`,
     quantize the kept weights too. Runs in the dtype of `w` and `h`."""
     w, h = w.clone(), h.clone()
@@ -92,7 +92,9 @@ class SparseGPT(Pruner):
     true_sequential = True
     input_only_stats = True  # the Hessian is the inputs' alone: q, k and v share one
     block_size: int = 128
-    damp: float = 0.01  # fraction of the mean Hessian diagonal added to it
+    # fraction of the mean Hessian diagonal added to it; 0.1 rather than the paper's 0.01, for
+    # GPTQ's reason (see gptq.py): calibration text rarely matches what the model serves
+    damp: float = 0.1
     bits: int | None = None  # quantize the kept weights too (joint mode): 2, 3, 4 or 8
     group_size: int | None = 64  # with bits: input channels per scale; None: per channel
     symmetric: bool = False
