@@ -50,7 +50,7 @@ def test_gguf_written_from_codes_is_lossless(pair, tmp_path, qtype, bits):
         torch.testing.assert_close(layer.get_submodule(name).weight, ours.get_submodule(name).dequantize(),
                                    rtol=0, atol=0)
     check = compare(quantized, loaded, tok)
-    assert check.top1 == 1.0 and check.kl < 1e-9
+    assert check.top1 == 1.0 and check.kl < 1e-7  # the same weights; fp32 sums in another order
     assert loaded_tok("hello world")["input_ids"] == tok("hello world")["input_ids"]
 
 

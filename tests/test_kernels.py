@@ -1,6 +1,8 @@
-"""The CPU kernels of QuantLinear equal the dequantize-then-matmul reference (fp32 sums in
-another order: within 1e-5 relative to the output's scale), on the SIMD and the portable build;
-without a compiler everything takes the reference path."""
+"""The CPU kernels of QuantLinear against the dequantize-then-matmul reference, on the SIMD and
+the portable build: float paths within 1e-5 of the output's scale (fp32 sums in another order);
+the int8-activation GEMV equal to a float64 computation of what it defines (activations rounded
+per block of 32) and within 1.5% of the float product. Without a compiler everything takes the
+reference path."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 
 from tcompress import kernels
 from tcompress.kernels import build
+from tcompress.kernels import ops
 from tcompress.quantize.formats import QuantLinear
 from tcompress.quantize.grid import Grid, quantize_weight
 
@@ -22,12 +25,27 @@ def layer(bits: int, group: int | None, in_features: int, out_features: int, bia
                                   torch.float32, **extra)
 
 
-def assert_matches_reference(module: QuantLinear, x: torch.Tensor, out: torch.Tensor) -> None:
+def assert_matches_reference(module: QuantLinear, x: torch.Tensor, out: torch.Tensor, int8: bool = False) -> None:
     expected = module.reference_forward(x)
     if module.outlier_index is not None:
         expected = expected + x[..., module.outlier_index] @ module.outlier_weight.float().t()
+    if int8:  # activations rounded to 8 bits
+        assert ((out - expected).norm() / expected.norm()).item() < 0.015
+        return
     scale = expected.abs().max().item()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * scale)
+
+
+def int8_gemv_reference(module: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """What the int8 GEMV defines, in float64: x rounded per block of 32 (scale max|x| / 127,
+    in fp32 as the kernel does), times the exact dequantized codes."""
+    blocks = x.float().reshape(x.shape[0], -1, 32)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    inverse = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    rounded = (torch.round(blocks * inverse) * (amax / 127)).reshape(x.shape).double()
+    weight = module.dequantize(torch.float64) if module.input_scale is None else None
+    bias = 0 if module.bias is None else module.bias.double()
+    return (rounded @ weight.t() + bias).float()
 
 
 @needs_kernels
@@ -38,14 +56,27 @@ def test_kernel_equals_reference(bits, group, tokens):
     module = layer(bits, group, 192, 40)
     x = torch.randn(2, tokens, 192)
     assert kernels.supports(module, x)
-    assert_matches_reference(module, x, module(x))
+    assert_matches_reference(module, x, module(x), int8=2 * tokens <= ops.MAX_GEMV_TOKENS)
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 7])
+def test_int8_gemv_computes_what_it_defines(bits, tokens):
+    module = layer(bits, 64, 256, 40)
+    x = torch.randn(tokens, 256) * torch.linspace(0.1, 3, 256)
+    x[0, :32] = 0  # an all-zero block
+    out = kernels.qgemm(module, x, activations="int8")
+    expected = int8_gemv_reference(module, x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-5 * expected.abs().max().item())
+    assert_matches_reference(module, x, out, int8=True)
 
 
 @needs_kernels
 def test_gemv_and_decoded_weight_paths_directly():
     module = layer(4, 64, 576, 96, bias=False)
     x = torch.randn(5, 576)
-    assert_matches_reference(module, x, kernels.qgemm(module, x))
+    assert_matches_reference(module, x, kernels.qgemm(module, x, activations="float"))
     weight, order = kernels.decoded_weight(module)
     torch.testing.assert_close(weight, module.dequantize()[:, order], rtol=0, atol=1e-6)
 
@@ -58,7 +89,9 @@ def test_input_scale_and_outliers_with_the_kernel():
                                     outlier_weight=torch.randn(24, 2).half())
     x = torch.randn(3, 64)
     assert kernels.supports(module, x)
-    assert_matches_reference(module, x, module(x))
+    assert_matches_reference(module, x, module(x), int8=True)
+    many = x.repeat(14, 1)  # 42 tokens: decoded weight and BLAS
+    assert_matches_reference(module, many, module(many))
 
 
 def test_unsupported_layers_and_inputs_take_the_reference_path():
@@ -77,13 +110,19 @@ def test_portable_build_without_simd_equals_reference(tmp_path):
     assert build.build(build.compiler(), flags, path)
     lib = build.load(path)
     assert lib.tc_simd() == 0
-    module = layer(4, 64, 128, 24)
-    x = torch.randn(6, 128)
-    out = torch.empty(6, 24)
-    status = lib.tc_qgemm_f32(x.data_ptr(), 6, 128, module.qweight.data_ptr(), 24, module.scales.data_ptr(),
-                              module.zeros.data_ptr(), 64, 4, module.bias.data_ptr(), out.data_ptr(), 1)
-    assert status == 0
-    assert_matches_reference(module, x, out)
+    for bits in (4, 8):
+        module = layer(bits, 64, 128, 24)
+        x = torch.randn(6, 128)
+        for kernel in (lib.tc_qgemm_f32, lib.tc_qgemv_i8):
+            out = torch.empty(6, 24)
+            status = kernel(x.data_ptr(), 6, 128, module.qweight.data_ptr(), 24, module.scales.data_ptr(),
+                            module.zeros.data_ptr(), 64, bits, module.bias.data_ptr(), out.data_ptr(), 1)
+            assert status == 0
+            if kernel is lib.tc_qgemm_f32:
+                assert_matches_reference(module, x, out)
+            else:
+                expected = int8_gemv_reference(module, x)
+                torch.testing.assert_close(out, expected, rtol=0, atol=2e-5 * expected.abs().max().item())
 
 
 def test_no_compiler_or_kernels_off_falls_back(monkeypatch):

@@ -8,6 +8,6 @@ cache (`$TCOMPRESS_CACHE` or ~/.cache/tcompress); with no compiler, or with
 """
 
 from tcompress.kernels.build import available, library
-from tcompress.kernels.qgemm import decoded_weight, int8_gemm, linear, qgemm, supports
+from tcompress.kernels.ops import decoded_weight, int8_gemm, linear, qgemm, supports
 
 __all__ = ["available", "decoded_weight", "int8_gemm", "library", "linear", "qgemm", "supports"]

@@ -63,7 +63,7 @@ def build(cc: str, flags: list[str], path: Path) -> bool:
     """Compile the kernels with `flags` into `path`; False (and a warning) if the compiler fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")  # concurrent builds each rename a whole file
-    command = [cc, *flags, str(SOURCE), "-o", str(tmp)]
+    command = [cc, *flags, str(SOURCE), "-o", str(tmp), "-lm"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         log.warning("building the CPU kernels failed (%s); using the reference path:\n%s",
@@ -81,6 +81,8 @@ def load(path: Path) -> ctypes.CDLL:
     lib.tc_qgemm_f32.restype = lib.tc_dequantize.restype = lib.tc_simd.restype = integer
     lib.tc_qgemm_f32.argtypes = [pointer, integer, integer, pointer, integer, pointer, pointer, integer, integer,
                                  pointer, pointer, integer]
+    lib.tc_qgemv_i8.restype = integer
+    lib.tc_qgemv_i8.argtypes = lib.tc_qgemm_f32.argtypes
     lib.tc_dequantize.argtypes = [pointer, integer, integer, pointer, pointer, integer, integer, pointer, integer]
     lib.tc_int8_gemm.restype = None
     lib.tc_int8_gemm.argtypes = [pointer, pointer, integer, integer, pointer, pointer, integer, pointer, pointer,

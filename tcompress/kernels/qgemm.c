@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -181,6 +182,130 @@ int tc_qgemm_f32(const float *x, int M, int K, const uint8_t *q, int N, const ui
         free(w);
     }
     free(permuted);
+    return 0;
+}
+
+// The same product with the activations rounded to int8 per block of 32 (scale max|x| / 127),
+// as llama.cpp does on CPU: the codes then multiply as integers (AVX2 maddubs), several times
+// fewer instructions a weight than converting them to float. For block b of group g:
+//   sum_j x_j s (q_j - z)  ~  s * d_b * (sum_j xq_j q_j - z * sum_j xq_j)
+// 8-bit codes are offset to signed (q - 128) so that the pairwise int16 sums cannot saturate.
+#define TC_MAX_GEMV_ROWS 32
+
+static void quantize_blocks(const float *x, int M, int K, int bits, int8_t *xq, float *d, float *zx, int group) {
+    const int blocks = K / 32, per_group = group / 32;
+    for (int m = 0; m < M; m++) {
+        const float *row = x + (size_t)m * K;
+        for (int b = 0; b < blocks; b++) {
+            float v[32], amax = 0.f;
+            for (int j = 0; j < 32; j++) {
+                int col = bits == 4 ? (j < 16 ? 2 * j : 2 * (j - 16) + 1) : j;
+                v[j] = row[b * 32 + col];
+                float a = v[j] < 0 ? -v[j] : v[j];
+                if (a > amax) amax = a;
+            }
+            float scale = amax / 127.f, inverse = amax > 0 ? 127.f / amax : 0.f;
+            int sum = 0;
+            for (int j = 0; j < 32; j++) {
+                int code = (int)lrintf(v[j] * inverse);
+                xq[(size_t)m * K + b * 32 + j] = (int8_t)code;
+                sum += code;
+            }
+            d[(size_t)m * blocks + b] = scale;
+            // sum_b d_b * sum_j xq_j over each group: the zero point's share, the same for every row n
+            if (b % per_group == 0) zx[(size_t)m * (K / group) + b / per_group] = 0.f;
+            zx[(size_t)m * (K / group) + b / per_group] += scale * (float)sum;
+        }
+    }
+}
+
+// One weight row n against R (1, 2 or 4: a constant once inlined, so the sums stay in
+// registers) consecutive input rows from m0.
+static inline __attribute__((always_inline)) void i8_rows(const int R, const uint8_t *codes, int bits, int K,
+                                                          int group, const uint16_t *row_scales,
+                                                          const uint16_t *row_zeros, const int8_t *xq,
+                                                          const float *d, const float *zx, int m0,
+                                                          const float *bias, int n, int N, float *y) {
+    const int blocks = K / 32, groups = K / group, per_group = group / 32;
+    const float offset = bits == 8 ? 128.f : 0.f;
+    float correction[4] = {0.f, 0.f, 0.f, 0.f};
+#ifdef TC_AVX2
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80);
+    // two sums a row, alternating by block, so consecutive FMAs do not wait on each other
+    __m256 even[4], odd[4];
+    for (int r = 0; r < R; r++) even[r] = odd[r] = _mm256_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const float s = half_to_float(row_scales[g]), z = half_to_float(row_zeros[g]) - offset;
+        const __m256 vs = _mm256_set1_ps(s);
+        for (int b = g * per_group; b < (g + 1) * per_group; b++) {
+            __m256i c;
+            if (bits == 4) {  // 16 bytes: low nibbles (even columns), then high ones (odd)
+                __m128i packed = _mm_loadu_si128((const __m128i *)(codes + b * 16));
+                c = _mm256_and_si256(
+                    _mm256_inserti128_si256(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4), 1), low);
+            } else {  // signed q - 128
+                c = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(codes + b * 32)), flip);
+            }
+            for (int r = 0; r < R; r++) {
+                const size_t m = (size_t)(m0 + r);
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + m * K + b * 32));
+                // 8 bits: |c| as unsigned (|-128| = 128 fits), x carries c's sign
+                __m256i pairs = bits == 4 ? _mm256_maddubs_epi16(c, xv)
+                                          : _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xv, c));
+                __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                __m256 scale = _mm256_mul_ps(vs, _mm256_broadcast_ss(d + m * blocks + b));
+                if (b & 1) odd[r] = _mm256_fmadd_ps(sums, scale, odd[r]);
+                else even[r] = _mm256_fmadd_ps(sums, scale, even[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) correction[r] += s * z * zx[(size_t)(m0 + r) * groups + g];
+    }
+    for (int r = 0; r < R; r++)
+        y[(size_t)(m0 + r) * N + n] = hsum(_mm256_add_ps(even[r], odd[r])) - correction[r] + (bias ? bias[n] : 0.f);
+#else
+    float total[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int g = 0; g < groups; g++) {
+        const float s = half_to_float(row_scales[g]), z = half_to_float(row_zeros[g]) - offset;
+        for (int b = g * per_group; b < (g + 1) * per_group; b++) {
+            int c[32];
+            for (int j = 0; j < 32; j++)
+                c[j] = bits == 4 ? (j < 16 ? codes[b * 16 + j] & 0xf : codes[b * 16 + j - 16] >> 4)
+                                 : (int)codes[b * 32 + j] - 128;
+            for (int r = 0; r < R; r++) {
+                const size_t m = (size_t)(m0 + r);
+                int sum = 0;
+                for (int j = 0; j < 32; j++) sum += c[j] * xq[m * K + b * 32 + j];
+                total[r] += s * d[m * blocks + b] * (float)sum;
+            }
+        }
+        for (int r = 0; r < R; r++) correction[r] += s * z * zx[(size_t)(m0 + r) * groups + g];
+    }
+    for (int r = 0; r < R; r++) y[(size_t)(m0 + r) * N + n] = total[r] - correction[r] + (bias ? bias[n] : 0.f);
+#endif
+}
+
+int tc_qgemv_i8(const float *x, int M, int K, const uint8_t *q, int N, const uint16_t *scales,
+                const uint16_t *zeros, int group, int bits, const float *bias, float *y, int threads) {
+    if (!supported(K, group, bits) || M > TC_MAX_GEMV_ROWS) return -1;
+    const int blocks = K / 32, groups = K / group, per_group = group / 32;
+    int8_t *xq = (int8_t *)malloc((size_t)M * K);
+    float *d = (float *)malloc(sizeof(float) * (size_t)M * blocks);
+    float *zx = (float *)malloc(sizeof(float) * (size_t)M * groups);
+    if (!xq || !d || !zx) { free(xq); free(d); free(zx); return -1; }
+    quantize_blocks(x, M, K, bits, xq, d, zx, group);
+    const size_t row_bytes = (size_t)K * bits / 8;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int n = 0; n < N; n++) {
+        const uint8_t *codes = q + n * row_bytes;
+        const uint16_t *row_scales = scales + (size_t)n * groups, *row_zeros = zeros + (size_t)n * groups;
+        int m = 0;
+        for (; m + 4 <= M; m += 4) i8_rows(4, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias, n, N, y);
+        for (; m + 2 <= M; m += 2) i8_rows(2, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias, n, N, y);
+        for (; m < M; m++) i8_rows(1, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias, n, N, y);
+    }
+    free(xq);
+    free(d);
+    free(zx);
     return 0;
 }
 
