@@ -160,3 +160,15 @@ def test_int8_kernel_is_bit_identical_to_the_reference(tokens, in_features):
     codes, token_scale = quantize_rows(x.reshape(-1, in_features))
     expected = simulated_int8_matmul(codes, module.qweight.t()).float() * token_scale * module.scales + module.bias
     assert torch.equal(module(x).reshape(-1, 48), expected)
+
+
+@needs_kernels
+def test_layers_sharing_an_input_in_one_call_equal_their_own_calls():
+    modules = [layer(4, 64, 128, n) for n in (40, 24, 24)]
+    shared = kernels.SharedInputLinears(modules)
+    assert shared.fused
+    x = torch.randn(3, 128)
+    for out, module in zip(shared(x), modules):
+        assert torch.equal(out, kernels.qgemm(module, x, activations="int8"))
+    mixed = kernels.SharedInputLinears([modules[0], layer(8, 64, 128, 8)])  # other grids: one by one
+    assert not mixed.fused and torch.equal(mixed(x)[0], modules[0](x))

@@ -8,6 +8,8 @@ cache (`$TCOMPRESS_CACHE` or ~/.cache/tcompress); with no compiler, or with
 """
 
 from tcompress.kernels.build import available, library
-from tcompress.kernels.ops import decoded_weight, int8_gemm, linear, qgemm, supports
+from tcompress.kernels.ops import (SharedInputLinears, attention_step, decoded_weight, int8_gemm, linear, qgemm,
+                                   rms_norm, rope_, silu_mul, supports)
 
-__all__ = ["available", "decoded_weight", "int8_gemm", "library", "linear", "qgemm", "supports"]
+__all__ = ["SharedInputLinears", "attention_step", "available", "decoded_weight", "int8_gemm", "library", "linear",
+           "qgemm", "rms_norm", "rope_", "silu_mul", "supports"]

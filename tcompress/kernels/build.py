@@ -83,7 +83,17 @@ def load(path: Path) -> ctypes.CDLL:
                                  pointer, pointer, integer]
     lib.tc_qgemv_i8.restype = integer
     lib.tc_qgemv_i8.argtypes = lib.tc_qgemm_f32.argtypes
+    lib.tc_qgemv_i8_multi.restype = integer
+    lib.tc_qgemv_i8_multi.argtypes = [pointer, integer, integer, integer, pointer, pointer, pointer, pointer, pointer,
+                                      pointer, integer, integer, integer]
     lib.tc_dequantize.argtypes = [pointer, integer, integer, pointer, pointer, integer, integer, pointer, integer]
+    size_t, real = ctypes.c_size_t, ctypes.c_float
+    lib.tc_rms_norm.restype = lib.tc_rope.restype = lib.tc_attention_step.restype = lib.tc_silu_mul.restype = None
+    lib.tc_rms_norm.argtypes = [pointer, integer, integer, pointer, real, pointer]
+    lib.tc_rope.argtypes = [pointer, integer, integer, integer, size_t, pointer, pointer]
+    lib.tc_attention_step.argtypes = [pointer, pointer, pointer, integer, integer, integer, integer, integer, integer,
+                                      real, pointer, integer]
+    lib.tc_silu_mul.argtypes = [pointer, pointer, integer, pointer]
     lib.tc_int8_gemm.restype = None
     lib.tc_int8_gemm.argtypes = [pointer, pointer, integer, integer, pointer, pointer, integer, pointer, pointer,
                                  integer]

@@ -12,6 +12,7 @@ decoded by the same C code into a float matrix and multiplied by BLAS, exactly a
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 
@@ -105,4 +106,83 @@ def int8_gemm(codes: Tensor, token_scale: Tensor, module) -> Tensor:
     library().tc_int8_gemm(codes.data_ptr(), token_scale.data_ptr(), codes.shape[0], module.in_features,
                            module.qweight.data_ptr(), module.scales.data_ptr(), module.out_features,
                            None if bias is None else bias.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+class SharedInputLinears:
+    """QuantLinears that read the same input (q, k, v; gate, up), multiplied in one kernel call
+    when decoding: the input is rounded once and the threads share out all of their rows.
+    Where the call does not apply (prefill, other layer types, float activations), each module
+    runs on its own. Build it after the model has its final device and dtype: it keeps the
+    buffers' addresses."""
+
+    def __init__(self, modules: list) -> None:
+        from tcompress.quantize.formats import QuantLinear
+
+        self.modules = modules
+        first = modules[0]
+        self.fused = (all(isinstance(m, QuantLinear) for m in modules) and library() is not None
+                      and len({(m.in_features, m.grid) for m in modules}) == 1 and len(modules) <= 16
+                      and first.grid.bits in (4, 8) and first.in_features % 32 == 0
+                      and (first.grid.group_size or first.in_features) % 32 == 0
+                      and all(m.input_scale is None and m.outlier_index is None and m.input_quantizer is None
+                              and (m.bias is None or m.bias.dtype == torch.float32) for m in modules))
+        if self.fused:
+            count = len(modules)
+            self.sizes = [m.out_features for m in modules]
+            self._args = ((ctypes.c_void_p * count)(*[m.qweight.data_ptr() for m in modules]),
+                          (ctypes.c_int * count)(*self.sizes),
+                          (ctypes.c_void_p * count)(*[m.scales.data_ptr() for m in modules]),
+                          (ctypes.c_void_p * count)(*[m.zeros.data_ptr() for m in modules]),
+                          (ctypes.c_void_p * count)(*[None if m.bias is None else m.bias.data_ptr() for m in modules]))
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        rows = x.reshape(-1, x.shape[-1])
+        if (not self.fused or rows.shape[0] > MAX_GEMV_TOKENS or GEMV_ACTIVATIONS != "int8"
+                or x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled())):
+            return [m(x) for m in self.modules]
+        rows = rows.contiguous()
+        outs = [torch.empty(rows.shape[0], size, dtype=torch.float32) for size in self.sizes]
+        first = self.modules[0]
+        qweights, sizes, scales, zeros, biases = self._args
+        outputs = (ctypes.c_void_p * len(outs))(*[o.data_ptr() for o in outs])
+        _check(library().tc_qgemv_i8_multi(rows.data_ptr(), rows.shape[0], first.in_features, len(outs), qweights,
+                                           sizes, scales, zeros, biases, outputs, _group(first), first.grid.bits,
+                                           torch.get_num_threads()), first)
+        return [o.reshape(*x.shape[:-1], o.shape[1]) for o in outs]
+
+
+# ---- the float parts of a decode step, one C call each (fp32, contiguous) ----
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """`x * rsqrt(mean(x²) + eps) * weight` over the last dimension."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    library().tc_rms_norm(x.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], weight.data_ptr(), eps, out.data_ptr())
+    return out
+
+
+def rope_(x: Tensor, heads: int, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding in place on `x` `[rows, heads * dim]` (one position a row; `cos`, `sin`
+    `[rows, dim]`, Hugging Face's rotate_half convention)."""
+    rows = x.shape[0]
+    dim = cos.shape[-1]
+    library().tc_rope(x.data_ptr(), rows, heads, dim, x.stride(0), cos.data_ptr(), sin.data_ptr())
+    return x
+
+
+def attention_step(q: Tensor, keys: Tensor, values: Tensor, length: int, scale: float) -> Tensor:
+    """Attention of one query a sequence, `q` `[B, H, dim]`, over the first `length` positions
+    of `keys` and `values` `[B, KV, capacity, dim]` (grouped-query heads); `[B, H, dim]`."""
+    batch, heads, dim = q.shape
+    out = torch.empty_like(q)
+    library().tc_attention_step(q.data_ptr(), keys.data_ptr(), values.data_ptr(), batch, heads, keys.shape[1],
+                                keys.shape[2], length, dim, scale, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """`silu(gate) * up`."""
+    out = torch.empty_like(gate)
+    library().tc_silu_mul(gate.data_ptr(), up.data_ptr(), gate.numel(), out.data_ptr())
     return out

@@ -284,10 +284,16 @@ static inline __attribute__((always_inline)) void i8_rows(const int R, const uin
 #endif
 }
 
-int tc_qgemv_i8(const float *x, int M, int K, const uint8_t *q, int N, const uint16_t *scales,
-                const uint16_t *zeros, int group, int bits, const float *bias, float *y, int threads) {
-    if (!supported(K, group, bits) || M > TC_MAX_GEMV_ROWS) return -1;
-    const int blocks = K / 32, groups = K / group, per_group = group / 32;
+// Several layers that read the same x (q, k and v; gate and up), in one call: x is rounded
+// once and the threads share out the rows of all of them. Layer i: codes q[i] [N[i], K],
+// scales and zeros [N[i], K / group], bias[i] or NULL, output y[i] [M, N[i]].
+int tc_qgemv_i8_multi(const float *x, int M, int K, int count, const uint8_t *const *q, const int *N,
+                      const uint16_t *const *scales, const uint16_t *const *zeros, const float *const *bias,
+                      float *const *y, int group, int bits, int threads) {
+    if (!supported(K, group, bits) || M > TC_MAX_GEMV_ROWS || count > 16) return -1;
+    const int blocks = K / 32, groups = K / group;
+    int start[17] = {0};
+    for (int i = 0; i < count; i++) start[i + 1] = start[i] + N[i];
     int8_t *xq = (int8_t *)malloc((size_t)M * K);
     float *d = (float *)malloc(sizeof(float) * (size_t)M * blocks);
     float *zx = (float *)malloc(sizeof(float) * (size_t)M * groups);
@@ -295,18 +301,26 @@ int tc_qgemv_i8(const float *x, int M, int K, const uint8_t *q, int N, const uin
     quantize_blocks(x, M, K, bits, xq, d, zx, group);
     const size_t row_bytes = (size_t)K * bits / 8;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int n = 0; n < N; n++) {
-        const uint8_t *codes = q + n * row_bytes;
-        const uint16_t *row_scales = scales + (size_t)n * groups, *row_zeros = zeros + (size_t)n * groups;
+    for (int row = 0; row < start[count]; row++) {
+        int i = 0;
+        while (row >= start[i + 1]) i++;
+        const int n = row - start[i];
+        const uint8_t *codes = q[i] + n * row_bytes;
+        const uint16_t *row_scales = scales[i] + (size_t)n * groups, *row_zeros = zeros[i] + (size_t)n * groups;
         int m = 0;
-        for (; m + 4 <= M; m += 4) i8_rows(4, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias, n, N, y);
-        for (; m + 2 <= M; m += 2) i8_rows(2, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias, n, N, y);
-        for (; m < M; m++) i8_rows(1, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias, n, N, y);
+        for (; m + 4 <= M; m += 4) i8_rows(4, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias[i], n, N[i], y[i]);
+        for (; m + 2 <= M; m += 2) i8_rows(2, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias[i], n, N[i], y[i]);
+        for (; m < M; m++) i8_rows(1, codes, bits, K, group, row_scales, row_zeros, xq, d, zx, m, bias[i], n, N[i], y[i]);
     }
     free(xq);
     free(d);
     free(zx);
     return 0;
+}
+
+int tc_qgemv_i8(const float *x, int M, int K, const uint8_t *q, int N, const uint16_t *scales,
+                const uint16_t *zeros, int group, int bits, const float *bias, float *y, int threads) {
+    return tc_qgemv_i8_multi(x, M, K, 1, &q, &N, &scales, &zeros, &bias, &y, group, bits, threads);
 }
 
 // The float weight [N, K] (for 4 bits in the column order of decode_row), for a BLAS product.
@@ -362,4 +376,66 @@ int tc_simd(void) {
 #else
     return 0;
 #endif
+}
+
+// ---- the float parts of a decode step (fp32, contiguous rows) ----
+
+// out [M, D] = x * rsqrt(mean(x^2) + eps) * weight
+void tc_rms_norm(const float *x, int M, int D, const float *weight, float eps, float *out) {
+    for (int m = 0; m < M; m++) {
+        const float *row = x + (size_t)m * D;
+        float *dst = out + (size_t)m * D;
+        double squares = 0.0;
+        for (int i = 0; i < D; i++) squares += (double)row[i] * row[i];
+        const float inverse = 1.f / sqrtf((float)(squares / D) + eps);
+        for (int i = 0; i < D; i++) dst[i] = row[i] * inverse * weight[i];
+    }
+}
+
+// Rotary embedding in place on x [rows, heads, dim] for one position a row: with h = dim / 2,
+// x[i] <- x[i] cos[i] - x[i + h] sin[i] and x[i + h] <- x[i + h] cos[i + h] + x[i] sin[i + h]
+// (cos, sin [rows, dim], as Hugging Face's rotate_half convention; `row_stride` between rows of x).
+void tc_rope(float *x, int rows, int heads, int dim, size_t row_stride, const float *cos, const float *sin) {
+    const int half = dim / 2;
+    for (int r = 0; r < rows; r++)
+        for (int head = 0; head < heads; head++) {
+            float *v = x + r * row_stride + (size_t)head * dim;
+            const float *c = cos + (size_t)r * dim, *s = sin + (size_t)r * dim;
+            for (int i = 0; i < half; i++) {
+                const float a = v[i], b = v[i + half];
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = b * c[i + half] + a * s[i + half];
+            }
+        }
+}
+
+// One query a sequence against the first `length` cached keys and values, grouped-query heads:
+// q [B, H, dim], keys / values [B, KV, capacity, dim], out [B, H, dim]; scores scaled by `scale`.
+void tc_attention_step(const float *q, const float *keys, const float *values, int B, int H, int KV, int capacity,
+                       int length, int dim, float scale, float *out, int threads) {
+    const int group = H / KV;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H;
+        const float *query = q + (size_t)bh * dim;
+        const size_t cache = ((size_t)b * KV + h / group) * capacity * dim;
+        float *scores = (float *)malloc(sizeof(float) * (size_t)length), top = -INFINITY, total = 0.f;
+        for (int j = 0; j < length; j++) {
+            scores[j] = dot(query, keys + cache + (size_t)j * dim, dim) * scale;
+            if (scores[j] > top) top = scores[j];
+        }
+        for (int j = 0; j < length; j++) total += scores[j] = expf(scores[j] - top);
+        float *dst = out + (size_t)bh * dim;
+        for (int i = 0; i < dim; i++) dst[i] = 0.f;
+        for (int j = 0; j < length; j++) {
+            const float p = scores[j] / total, *value = values + cache + (size_t)j * dim;
+            for (int i = 0; i < dim; i++) dst[i] += p * value[i];
+        }
+        free(scores);
+    }
+}
+
+// out [n] = silu(gate) * up
+void tc_silu_mul(const float *gate, const float *up, int n, float *out) {
+    for (int i = 0; i < n; i++) out[i] = gate[i] / (1.f + expf(-gate[i])) * up[i];
 }

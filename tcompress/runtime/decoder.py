@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tcompress import kernels
+from tcompress.kernels.ops import SharedInputLinears
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
@@ -37,13 +40,21 @@ class Decoder:
         positions = torch.arange(max_length, device=self.device)[None]
         cos, sin = model.model.rotary_emb(torch.zeros(1, dtype=self.dtype, device=self.device), positions)
         half = self.head_dim // 2
-        self.cos = cos[0]  # [max_length, head_dim]
+        self.cos, self.sin_raw = cos[0].contiguous(), sin[0].contiguous()  # [max_length, head_dim]
         self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # the sign of rotate_half folded in
         shape = (len(self.layers), batch_size, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.length = 0
         self.active = 0  # sequences in the current batch
+        # q/k/v and gate/up read one input each: one kernel call for each set when decoding
+        self.qkv = [SharedInputLinears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])
+                    for l in self.layers]
+        self.gate_up = [SharedInputLinears([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers]
+        # single-token steps run their float parts (norms, rotation, attention) as C calls too
+        self.c_steps = (kernels.available() and self.dtype == torch.float32 and self.device.type == "cpu"
+                        and all(is_rms_norm(norm) for layer in self.layers
+                                for norm in (layer.input_layernorm, layer.post_attention_layernorm)))
 
     @torch.inference_mode()
     def prefill(self, input_ids: Tensor) -> Tensor:
@@ -79,35 +90,78 @@ class Decoder:
 
     def _forward(self, ids: Tensor) -> Tensor:
         batch, tokens = ids.shape
+        if tokens == 1 and self.c_steps:
+            return self._c_step(ids)
         start, end = self.length, self.length + tokens
         cos, sin = self.cos[start:end], self.sin[start:end]
         h = self.model.model.embed_tokens(ids)
         for index, layer in enumerate(self.layers):
             h = h + self._attention(index, layer, h, cos, sin, start, end)
-            mlp = layer.mlp
-            x = layer.post_attention_layernorm(h)
-            h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+            gate, up = self.gate_up[index](rms_norm(layer.post_attention_layernorm, h))
+            h = h + layer.mlp.down_proj(F.silu(gate).mul_(up))
         self.length = end
-        h = self.model.model.norm(h[:, -1])
-        return self.model.lm_head(h)
+        return self.model.lm_head(rms_norm(self.model.model.norm, h[:, -1]))
+
+    def _c_step(self, ids: Tensor) -> Tensor:
+        """One token a sequence with the float parts in C: the same computation as `_forward`."""
+        batch, position = ids.shape[0], self.length
+        cos, sin = self.cos[position:position + 1].expand(batch, -1), self.sin_raw[position:position + 1].expand(batch, -1)
+        cos, sin = cos.contiguous(), sin.contiguous()
+        h = self.model.model.embed_tokens(ids).reshape(batch, -1)
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            norm = layer.input_layernorm
+            q, k, v = self.qkv[index](kernels.rms_norm(h, norm.weight, norm.variance_epsilon))
+            if hasattr(attention, "q_norm"):
+                q = rms_norm(attention.q_norm, q.view(batch, self.heads, self.head_dim)).reshape(batch, -1)
+                k = rms_norm(attention.k_norm, k.view(batch, self.kv_heads, self.head_dim)).reshape(batch, -1)
+            kernels.rope_(q, self.heads, cos, sin)
+            kernels.rope_(k, self.kv_heads, cos, sin)
+            keys, values = self.keys[index], self.values[index]
+            keys[:batch, :, position] = k.view(batch, self.kv_heads, self.head_dim)
+            values[:batch, :, position] = v.view(batch, self.kv_heads, self.head_dim)
+            out = kernels.attention_step(q.view(batch, self.heads, self.head_dim), keys, values, position + 1,
+                                         self.scaling)
+            h = h + attention.o_proj(out.view(batch, -1))
+            norm = layer.post_attention_layernorm
+            gate, up = self.gate_up[index](kernels.rms_norm(h, norm.weight, norm.variance_epsilon))
+            h = h + layer.mlp.down_proj(kernels.silu_mul(gate, up))
+        self.length = position + 1
+        return self.model.lm_head(rms_norm(self.model.model.norm, h))
 
     def _attention(self, index: int, layer: nn.Module, h: Tensor, cos: Tensor, sin: Tensor, start: int,
                    end: int) -> Tensor:
         attention = layer.self_attn
         batch, tokens, _ = h.shape
-        x = layer.input_layernorm(h)
-        q = attention.q_proj(x).view(batch, tokens, self.heads, self.head_dim)
-        k = attention.k_proj(x).view(batch, tokens, self.kv_heads, self.head_dim)
-        v = attention.v_proj(x).view(batch, tokens, self.kv_heads, self.head_dim)
+        q, k, v = self.qkv[index](rms_norm(layer.input_layernorm, h))
+        q = q.view(batch, tokens, self.heads, self.head_dim)
+        k = k.view(batch, tokens, self.kv_heads, self.head_dim)
         if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm of each head before the rotation
-            q, k = attention.q_norm(q), attention.k_norm(k)
+            q, k = rms_norm(attention.q_norm, q), rms_norm(attention.k_norm, k)
         q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
-        keys, values = self.keys[index, :batch], self.values[index, :batch]
-        keys[:, :, start:end] = k
-        values[:, :, start:end] = v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], is_causal=tokens > 1,
-                                             scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
-        return attention.o_proj(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
+        keys, values = self.keys[index, :batch, :, :end], self.values[index, :batch, :, :end]
+        keys[:, :, start:] = k
+        values[:, :, start:] = v.view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+        if tokens == 1:  # one query a sequence: the grouped heads as rows of one matmul per KV head
+            grouped = q.reshape(batch, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+            scores = torch.matmul(grouped * self.scaling, keys.transpose(-1, -2))
+            out = torch.matmul(torch.softmax(scores, dim=-1), values)
+        else:
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=self.scaling,
+                                                 enable_gqa=self.kv_heads != self.heads).transpose(1, 2)
+        return attention.o_proj(out.reshape(batch, tokens, self.heads * self.head_dim))
+
+
+def is_rms_norm(norm: nn.Module) -> bool:
+    return getattr(norm, "variance_epsilon", None) is not None and getattr(norm, "weight", None) is not None
+
+
+def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """The model's RMSNorm as one op (`F.rms_norm`) where its weight and epsilon can be read."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None or getattr(norm, "weight", None) is None:
+        return norm(x)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
