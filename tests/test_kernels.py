@@ -56,7 +56,7 @@ def test_kernel_equals_reference(bits, group, tokens):
     module = layer(bits, group, 192, 40)
     x = torch.randn(2, tokens, 192)
     assert kernels.supports(module, x)
-    assert_matches_reference(module, x, module(x), int8=2 * tokens <= ops.MAX_GEMV_TOKENS)
+    assert_matches_reference(module, x, module(x), int8=2 * tokens <= ops.INT8_GEMV_TOKENS)
 
 
 @needs_kernels
@@ -167,8 +167,35 @@ def test_layers_sharing_an_input_in_one_call_equal_their_own_calls():
     modules = [layer(4, 64, 128, n) for n in (40, 24, 24)]
     shared = kernels.SharedInputLinears(modules)
     assert shared.fused
-    x = torch.randn(3, 128)
+    x = torch.randn(2, 128)
     for out, module in zip(shared(x), modules):
         assert torch.equal(out, kernels.qgemm(module, x, activations="int8"))
     mixed = kernels.SharedInputLinears([modules[0], layer(8, 64, 128, 8)])  # other grids: one by one
     assert not mixed.fused and torch.equal(mixed(x)[0], modules[0](x))
+
+
+@needs_kernels
+def test_decode_step_ops_equal_their_torch_definitions():
+    torch.manual_seed(0)
+    x, weight = torch.randn(3, 96), torch.rand(96) + 0.5
+    expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+    torch.testing.assert_close(kernels.rms_norm(x, weight, 1e-6), expected, rtol=1e-5, atol=1e-6)
+
+    heads, dim = 3, 16
+    q, angles = torch.randn(2, heads * dim), torch.rand(2, dim // 2) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    view = q.view(2, heads, dim)
+    rotated = torch.cat([-view[..., dim // 2:], view[..., : dim // 2]], -1)
+    expected = (view * cos[:, None] + rotated * sin[:, None]).reshape(2, -1)
+    torch.testing.assert_close(kernels.rope_(q.clone(), heads, cos, sin), expected, rtol=1e-5, atol=1e-6)
+
+    batch, kv, group, capacity, length = 2, 2, 3, 10, 7
+    query = torch.randn(batch, kv * group, dim)
+    keys, values = torch.randn(batch, kv, capacity, dim), torch.randn(batch, kv, capacity, dim)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, None], keys[:, :, :length], values[:, :, :length], scale=0.25, enable_gqa=True)[:, :, 0]
+    torch.testing.assert_close(kernels.attention_step(query, keys, values, length, 0.25), expected,
+                               rtol=1e-5, atol=1e-5)
+
+    gate, up = torch.randn(40), torch.randn(40)
+    torch.testing.assert_close(kernels.silu_mul(gate, up), torch.nn.functional.silu(gate) * up, rtol=1e-5, atol=1e-6)

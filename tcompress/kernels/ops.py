@@ -1,13 +1,15 @@
 """QuantLinear's product from its packed codes, `x @ dequantize(W).T + bias`, on CPU.
 
-Few tokens (decoding): `qgemm`, which reads each row's codes once for all tokens and never
-materialises the float weight. By default it rounds the activations to int8 per block of 32
-(scale max|x| / 127, as llama.cpp does on CPU) and multiplies the codes as integers, several
-times fewer instructions a weight than converting them to float; the outputs differ from the
-float product by about 0.5% of their norm. `TCOMPRESS_GEMV=float` keeps the activations in
-fp32 (the same sums as the reference, in another order). Many tokens (prefill): the weight is
-decoded by the same C code into a float matrix and multiplied by BLAS, exactly as the reference.
-`MAX_GEMV_TOKENS` is where one stops paying (`TCOMPRESS_GEMV_TOKENS` overrides it).
+Three routes, chosen by the number of tokens (measured per shape by `benchmarks/kernels.py`):
+- 1-2 tokens (decoding one or two sequences): the int8 GEMV. The activations are rounded to
+  int8 per block of 32 (scale max|x| / 127, as llama.cpp does on CPU) and the codes multiply
+  as integers: fewer instructions a weight than converting them to float. The outputs differ
+  from the float product by about 0.5% of their norm. `TCOMPRESS_GEMV=float` turns it off.
+- up to `MAX_GEMV_TOKENS` (16): the float GEMV, which decodes each row's codes once and
+  applies them to every token (fp32 sums, in another order than the reference).
+- more (prefill): the weight decoded by the same C code into a float matrix, multiplied by
+  BLAS, as the reference does.
+No route materialises a float weight that outlives the call.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor
 from tcompress.kernels.build import library
 
 MAX_GEMV_TOKENS = int(os.environ.get("TCOMPRESS_GEMV_TOKENS", "16"))
+INT8_GEMV_TOKENS = 2  # beyond this the float GEMV is faster (register-blocked over 4 tokens)
 GEMV_ACTIVATIONS = os.environ.get("TCOMPRESS_GEMV", "int8")  # "int8" or "float"
 if GEMV_ACTIVATIONS not in ("int8", "float"):
     raise ValueError(f"TCOMPRESS_GEMV must be int8 or float, got {GEMV_ACTIVATIONS!r}")
@@ -43,7 +46,8 @@ def linear(module, x: Tensor) -> Tensor:
     for the number of tokens (input scale and outlier columns are the caller's)."""
     rows = x.reshape(-1, module.in_features)
     if rows.shape[0] <= MAX_GEMV_TOKENS:
-        out = qgemm(module, rows)
+        int8 = GEMV_ACTIVATIONS == "int8" and rows.shape[0] <= INT8_GEMV_TOKENS
+        out = qgemm(module, rows, "int8" if int8 else "float")
     else:
         weight, order = decoded_weight(module)
         out = F.linear(rows if order is None else rows.index_select(1, order), weight, _bias(module))
@@ -52,7 +56,7 @@ def linear(module, x: Tensor) -> Tensor:
 
 def qgemm(module, rows: Tensor, activations: str | None = None) -> Tensor:
     """`rows` `[tokens, in]` (at most 32) times the quantized weight, straight from the codes;
-    `activations` "int8" (default: `GEMV_ACTIVATIONS`) or "float"."""
+    `activations` "int8" or "float" (default: `GEMV_ACTIVATIONS`)."""
     rows = rows.contiguous()
     out = torch.empty(rows.shape[0], module.out_features, dtype=torch.float32)
     bias = _bias(module)
@@ -138,7 +142,7 @@ class SharedInputLinears:
 
     def __call__(self, x: Tensor) -> list[Tensor]:
         rows = x.reshape(-1, x.shape[-1])
-        if (not self.fused or rows.shape[0] > MAX_GEMV_TOKENS or GEMV_ACTIVATIONS != "int8"
+        if (not self.fused or rows.shape[0] > INT8_GEMV_TOKENS or GEMV_ACTIVATIONS != "int8"
                 or x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled())):
             return [m(x) for m in self.modules]
         rows = rows.contiguous()

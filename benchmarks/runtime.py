@@ -1,0 +1,186 @@
+"""Runtime benchmark: how fast fp32, W8 and W4 versions of a model decode and prefill on this
+machine, through transformers' own forward and through tcompress's decoder, and how much
+memory each takes. One table (printed, and JSON), one latency-vs-batch PNG.
+
+Each model is measured in a fresh process, so its peak RSS is its own. W8 and W4 are
+round-to-nearest, group 64, with an 8-bit output head and 8-bit embeddings (speed does not depend on how the codes
+were chosen; pass --w4 DIR to measure a saved GPTQ/AWQ model instead). Beside the figures: the
+memory-bandwidth bound, bytes read per token / measured read bandwidth.
+
+    python benchmarks/runtime.py                      # default model, all rows
+    python benchmarks/runtime.py --rows w4:tcompress  # one row
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import tcompress as tc
+from tcompress.eval.latency import BenchReport, BenchRow, PeakMemory
+
+ROWS = ("fp32:hf", "fp32:tcompress", "w8:hf", "w8:tcompress", "w4:hf", "w4:tcompress")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--rows", default=",".join(ROWS), help="variant:engine pairs (variants fp32, w8, w4)")
+    parser.add_argument("--w4", help="a saved 4-bit model to measure as w4 (default: RTN W4 g64 made here)")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prefill", type=int, default=512)
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16")
+    parser.add_argument("--out", default="benchmarks/results/runtime")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "ENGINE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(measure(args, *args.worker)), flush=True)
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = prepare(args, out / "models")
+    bandwidth = read_bandwidth()
+    results = []
+    for row in args.rows.split(","):
+        variant, engine = row.split(":")
+        print(f"measuring {row} ...", flush=True)
+        result = run_worker(paths[variant], engine, args)
+        result.update(row=row, bound_tok_s=bandwidth / result["bytes_per_token"])
+        results.append(result)
+        print(table([result]), flush=True)
+    (out / "runtime.json").write_text(json.dumps({"bandwidth_gb_s": bandwidth / 1e9, "rows": results}, indent=2))
+    report = BenchReport(tc.BenchSettings(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(","))))
+    report.rows = [BenchRow(**r) for result in results for r in result["bench"] if r["phase"] == "decode"]
+    report.plot(out / "runtime.png")
+    print(f"\n{args.model}: decode {args.new_tokens} tokens after {args.prompt} (batch 1), prefill {args.prefill} "
+          f"tokens; {torch.get_num_threads()} threads; read bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(table(results))
+    print(f"\nwrote {out / 'runtime.json'} and {out / 'runtime.png'}")
+
+
+def prepare(args, folder: Path) -> dict[str, str]:
+    """The fp32 model spec and saved W8 / W4 models (made once, reused)."""
+    paths = {"fp32": args.model, "w8": str(folder / "w8-g64"), "w4": args.w4 or str(folder / "w4-g64")}
+    for variant, bits in (("w8", 8), ("w4", 4)):
+        if Path(paths[variant]).exists():
+            continue
+        model, tok = tc.load(args.model)
+        tc.apply(model, tc.quantize.RTN(bits=bits, group_size=64))
+        tc.apply(model, tc.quantize.RTN(bits=8, group_size=64, head=True, include=("lm_head",)))
+        tc.apply(model, tc.quantize.EmbeddingQuant(bits=8, group_size=64))
+        tc.save(model, paths[variant], tok)
+    return paths
+
+
+def run_worker(model: str, engine: str, args) -> dict:
+    command = [sys.executable, __file__, "--worker", model, engine, "--prompt", str(args.prompt), "--new-tokens",
+               str(args.new_tokens), "--prefill", str(args.prefill), "--batch-sizes", args.batch_sizes]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"worker {model} {engine} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def measure(args, spec: str, engine: str) -> dict:
+    """In a fresh process: load, decode at batch 1, prefill, sweep batch sizes, peak RSS."""
+    import psutil
+
+    baseline = psutil.Process().memory_info().rss
+    model, _ = tc.load(spec)
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), generator=generator)
+    long_prompt = torch.randint(0, model.config.vocab_size, (1, args.prefill), generator=generator)
+    generate = generator_for(model, engine, args.prompt + args.new_tokens + 1)
+    with PeakMemory(torch.device("cpu")) as memory:
+        generate(prompt, 2)  # warm-up
+        one = min(timed(lambda: generate(prompt, 1)) for _ in range(3))
+        full = timed(lambda: generate(prompt, args.new_tokens))
+    prefill = min(timed(lambda: prefill_once(model, engine, long_prompt)) for _ in range(2))
+    settings = tc.BenchSettings(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), seqlen=args.prompt,
+                                new_tokens=16, repeats=3, engine=engine)
+    report = tc.bench({f"{name_of(spec)} ({engine})": model}, settings, disk=False, progress=False)
+    return {"decode_tok_s": (args.new_tokens - 1) / (full - one), "prefill_tok_s": args.prefill / prefill,
+            "peak_rss_mb": memory.peak / 2**20, "model_rss_mb": (memory.peak - baseline) / 2**20,
+            "bytes_per_token": bytes_read_per_token(model), "bench": [r.__dict__ for r in report.rows]}
+
+
+def generator_for(model, engine: str, max_length: int):
+    """`generate(prompt, new_tokens)`, greedy, through the chosen engine."""
+    if engine == "tcompress":
+        from tcompress.runtime import Decoder
+
+        decoder = Decoder(model, max_length=max_length)
+        return decoder.generate
+
+    def generate(prompt, new_tokens):
+        with torch.inference_mode():
+            return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+    return generate
+
+
+def prefill_once(model, engine: str, prompt) -> None:
+    if engine == "tcompress":
+        from tcompress.runtime import Decoder
+
+        Decoder(model, max_length=prompt.shape[1], batch_size=1).prefill(prompt)
+        return
+    with torch.inference_mode():
+        model(input_ids=prompt, logits_to_keep=1)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bytes_read_per_token(model) -> int:
+    """Weight bytes a decode step reads: every tensor but the input embedding table (one row of
+    it), which counts only where the output head shares it."""
+    def tensors(module) -> list:
+        return [*module.parameters(), *module.buffers()] if module is not None else []
+
+    skip = {id(t) for t in tensors(model.get_input_embeddings())}
+    keep = {id(t) for t in tensors(model.get_output_embeddings())}
+    read = {t.data_ptr(): t for t in tensors(model) if id(t) not in skip or id(t) in keep}
+    return sum(t.numel() * t.element_size() for t in read.values())
+
+
+def read_bandwidth() -> float:
+    """Bytes per second this machine reads from memory (sum over 1 GiB, best of 5)."""
+    data = torch.ones(2**28)
+    data.sum()
+    return data.numel() * 4 / min(timed(data.sum) for _ in range(5))
+
+
+def name_of(spec: str) -> str:
+    return Path(spec).name
+
+
+def table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        decode = {b["batch"]: b["throughput"] for b in r["bench"] if b["phase"] == "decode"}
+        rows.append({"row": r.get("row", ""), "decode tok/s (b1)": round(r["decode_tok_s"], 1),
+                     "bound tok/s": round(r.get("bound_tok_s", float("nan")), 1),
+                     "prefill tok/s": round(r["prefill_tok_s"], 1),
+                     **{f"b{b} tok/s": round(v, 1) for b, v in decode.items()},
+                     "MB read/token": round(r["bytes_per_token"] / 1e6, 1), "peak RSS MB": round(r["peak_rss_mb"]),
+                     "model RSS MB": round(r["model_rss_mb"])})
+    return tc.report.format_table(rows)
+
+
+if __name__ == "__main__":
+    main()
