@@ -3,10 +3,12 @@ token-by-token decoding with a static KV cache, using the model's own modules.
 
 Hugging Face's generic forward spends most of a CPU decode step in Python: cache objects, mask
 building, dispatch over options. This decoder does only what a decoder-only Llama step needs:
-one RMSNorm op, the projections (QuantLinear's packed kernels where the model has them),
-rotary embedding from a precomputed table, a write into preallocated K/V tensors, one SDPA
-call over the filled part of the cache, the gated MLP. Its logits equal the model's forward
-(tested), so a quantized model decodes what it computes.
+RMSNorm, the projections (QuantLinear's packed kernels where the model has them; q/k/v and
+gate/up in one call each), rotary embedding from a precomputed table, a write into
+preallocated K/V tensors, attention over the filled part of the cache, the gated MLP. A
+single-token step on CPU runs its norms, rotation, attention and SiLU as C calls
+(`tcompress.kernels`); prefill uses torch (SDPA). Its logits equal the model's forward (tested),
+so a quantized model decodes what it computes.
 """
 
 from __future__ import annotations
