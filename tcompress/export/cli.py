@@ -43,13 +43,11 @@ def cmd_export(args: argparse.Namespace) -> None:
         exported, packed = load_compressed_tensors(out)
         print(f"{result.from_codes} linears written from their own codes, {result.requantized} requantized; "
               f"loaded back {'quantized' if packed else 'dequantized (asymmetric zero points)'}")
-        size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     elif args.format == "hf":
         from tcompress.export.plain import export_hf
 
         export_hf(model, tok, out)
         exported, _ = tc.load(out)
-        size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     else:
         from tcompress.export.gguf import export_gguf
 
@@ -58,7 +56,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"{result.tensors} tensors; {result.from_codes} linears written from their own codes, "
               f"{result.requantized} requantized")
         exported, _ = tc.load(out)
-        size = out.stat().st_size
+    size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.glob("*.safetensors"))
     check = compare(model, exported, tok)
     floor = args.min_agreement if args.min_agreement is not None else (0.90 if requantized else 0.99)
     print(f"{args.format}: {size / 2**20:.1f} MB; loaded back: top-1 agreement {check.top1:.4f}, "

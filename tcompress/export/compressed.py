@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from tcompress.export.plain import dequantized
 from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid, fit_range, quantize_codes
+from tcompress.quantize.grid import Grid, quantize_weight
 from tcompress.quantize.int8 import Int8Linear, quantize_rows
 
 
@@ -83,8 +83,10 @@ def packed_layer(module: QuantLinear, pack_to_int32) -> tuple[dict[str, Tensor],
     codes, scales, zeros = module.codes().long(), module.scales.float(), module.zeros.float()
     exact = (module.input_scale is None and module.outlier_index is None
              and (grid.symmetric or bool((zeros == zeros.round()).all())))
-    if not exact:
-        codes, scales, zeros = requantize(module.dequantize(torch.float32), grid)
+    if not exact:  # round to nearest on the same grid, min-max ranges (integer zeros)
+        codes, scales, zeros = quantize_weight(module.dequantize(torch.float32),
+                                               Grid(grid.bits, grid.group_size, grid.symmetric))
+        codes = codes.long()
     offset = 2 ** (grid.bits - 1)
     signed = (codes - offset).to(torch.int8)
     dtype = module.compute_dtype
@@ -97,18 +99,6 @@ def packed_layer(module: QuantLinear, pack_to_int32) -> tuple[dict[str, Tensor],
                "strategy": "group" if grid.group_size else "channel", "group_size": grid.group_size,
                "observer": "minmax"}
     return tensors, {"weights": weights, "input_activations": None, "format": "pack-quantized"}, exact
-
-
-def requantize(weight: Tensor, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
-    """Round-to-nearest codes, scales and integer zeros of `weight` `[out, in]` on `grid`."""
-    out_features, in_features = weight.shape
-    size = grid.group_size or in_features
-    groups = weight.reshape(-1, size)
-    scale, zero = fit_range(groups, Grid(grid.bits, grid.group_size, grid.symmetric))
-    scale = scale.half().float()  # the format stores the scale in the model's dtype; keep it fp16-exact
-    codes = quantize_codes(groups, scale[:, None], zero[:, None], grid.maxq)
-    shape = (out_features, in_features // size)
-    return codes.reshape(out_features, in_features).long(), scale.reshape(shape), zero.reshape(shape)
 
 
 def int8_layer(module: Int8Linear) -> tuple[dict[str, Tensor], dict, bool]:

@@ -32,13 +32,21 @@ if GEMV_ACTIVATIONS not in ("int8", "float"):
 
 
 def supports(module, x: Tensor) -> bool:
-    """Whether the kernels serve this module and input: fp32 on CPU, 4 or 8 bits, input width
-    and group a multiple of 32, and no gradient needed."""
-    grid = module.grid
-    group = grid.group_size or module.in_features
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and grid.bits in (4, 8)
-            and module.in_features % 32 == 0 and group % 32 == 0 and module.in_features % group == 0
-            and not (x.requires_grad and torch.is_grad_enabled()) and library() is not None)
+    """Whether the kernels serve this module and input."""
+    return layer_fits(module) and input_fits(x)
+
+
+def layer_fits(module) -> bool:
+    """4 or 8 bits, input width and group a multiple of 32, and the kernels built."""
+    group = _group(module)
+    return (module.grid.bits in (4, 8) and module.in_features % 32 == 0 and group % 32 == 0
+            and module.in_features % group == 0 and library() is not None)
+
+
+def input_fits(x: Tensor) -> bool:
+    """fp32 on CPU, and no gradient needed."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
+            and not (x.requires_grad and torch.is_grad_enabled()))
 
 
 def linear(module, x: Tensor) -> Tensor:
@@ -125,10 +133,8 @@ class SharedInputLinears:
 
         self.modules = modules
         first = modules[0]
-        self.fused = (all(isinstance(m, QuantLinear) for m in modules) and library() is not None
+        self.fused = (all(isinstance(m, QuantLinear) for m in modules) and layer_fits(first)
                       and len({(m.in_features, m.grid) for m in modules}) == 1 and len(modules) <= 16
-                      and first.grid.bits in (4, 8) and first.in_features % 32 == 0
-                      and (first.grid.group_size or first.in_features) % 32 == 0
                       and all(m.input_scale is None and m.outlier_index is None and m.input_quantizer is None
                               and (m.bias is None or m.bias.dtype == torch.float32) for m in modules))
         if self.fused:
@@ -142,8 +148,7 @@ class SharedInputLinears:
 
     def __call__(self, x: Tensor) -> list[Tensor]:
         rows = x.reshape(-1, x.shape[-1])
-        if (not self.fused or rows.shape[0] > INT8_GEMV_TOKENS or GEMV_ACTIVATIONS != "int8"
-                or x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled())):
+        if not self.fused or rows.shape[0] > INT8_GEMV_TOKENS or GEMV_ACTIVATIONS != "int8" or not input_fits(x):
             return [m(x) for m in self.modules]
         rows = rows.contiguous()
         outs = [torch.empty(rows.shape[0], size, dtype=torch.float32) for size in self.sizes]

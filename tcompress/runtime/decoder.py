@@ -41,9 +41,7 @@ class Decoder:
         self.dtype, self.device = parameter.dtype, parameter.device
         positions = torch.arange(max_length, device=self.device)[None]
         cos, sin = model.model.rotary_emb(torch.zeros(1, dtype=self.dtype, device=self.device), positions)
-        half = self.head_dim // 2
-        self.cos, self.sin_raw = cos[0].contiguous(), sin[0].contiguous()  # [max_length, head_dim]
-        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # the sign of rotate_half folded in
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [max_length, head_dim]
         shape = (len(self.layers), batch_size, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -107,7 +105,7 @@ class Decoder:
     def _c_step(self, ids: Tensor) -> Tensor:
         """One token a sequence with the float parts in C: the same computation as `_forward`."""
         batch, position = ids.shape[0], self.length
-        cos, sin = self.cos[position:position + 1].expand(batch, -1), self.sin_raw[position:position + 1].expand(batch, -1)
+        cos, sin = self.cos[position:position + 1].expand(batch, -1), self.sin[position:position + 1].expand(batch, -1)
         cos, sin = cos.contiguous(), sin.contiguous()
         h = self.model.model.embed_tokens(ids).reshape(batch, -1)
         for index, layer in enumerate(self.layers):
@@ -167,10 +165,9 @@ def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding of `x` `[batch, heads, tokens, head_dim]` (HF's rotate_half convention),
-    with `sin` carrying the sign of the first half."""
+    """Rotary embedding of `x` `[batch, heads, tokens, head_dim]` (HF's rotate_half convention)."""
     half = x.shape[-1] // 2
-    return torch.addcmul(x * cos, x.roll(half, dims=-1), sin)
+    return torch.addcmul(x * cos, torch.cat([-x[..., half:], x[..., :half]], dim=-1), sin)
 
 
 def check_model(model: nn.Module) -> None:
