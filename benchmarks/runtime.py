@@ -105,7 +105,8 @@ def measure(args, spec: str, engine: str) -> dict:
         generate(prompt, 2)  # warm-up
         one = min(timed(lambda: generate(prompt, 1)) for _ in range(3))
         full = timed(lambda: generate(prompt, args.new_tokens))
-    prefill = min(timed(lambda: prefill_once(model, engine, long_prompt)) for _ in range(2))
+    prefill_once = prefiller(model, engine, args.prefill)
+    prefill = min(timed(lambda: prefill_once(long_prompt)) for _ in range(2))
     settings = tc.BenchSettings(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), seqlen=args.prompt,
                                 new_tokens=16, repeats=3, engine=engine)
     report = tc.bench({f"{name_of(spec)} ({engine})": model}, settings, disk=False, progress=False)
@@ -130,14 +131,18 @@ def generator_for(model, engine: str, max_length: int):
     return generate
 
 
-def prefill_once(model, engine: str, prompt) -> None:
+def prefiller(model, engine: str, length: int):
+    """`prefill(prompt)` through the chosen engine (its decoder built here, outside the timing)."""
     if engine == "tcompress":
         from tcompress.runtime import Decoder
 
-        Decoder(model, max_length=prompt.shape[1], batch_size=1).prefill(prompt)
-        return
-    with torch.inference_mode():
-        model(input_ids=prompt, logits_to_keep=1)
+        return Decoder(model, max_length=length, batch_size=1).prefill
+
+    def prefill(prompt) -> None:
+        with torch.inference_mode():
+            model(input_ids=prompt, logits_to_keep=1)
+
+    return prefill
 
 
 def timed(fn) -> float:
