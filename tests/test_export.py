@@ -177,6 +177,12 @@ def test_compressed_tensors_w8a8_and_requantized_layers(pair, tmp_path):
     check = compare(smooth, load_compressed_tensors(tmp_path / "w8a8")[0], tok)
     assert check.top1 > 0.95
 
+    weight_only = tc.apply(copy.deepcopy(model), tc.quantize.SmoothQuant(activations=False), calib)
+    export_compressed_tensors(weight_only, tok, tmp_path / "w8")
+    config = json.loads((tmp_path / "w8" / "config.json").read_text())["quantization_config"]
+    assert next(iter(config["config_groups"].values()))["input_activations"] is None
+    assert compare(weight_only, load_compressed_tensors(tmp_path / "w8")[0], tok).top1 > 0.95
+
     hqq = tc.apply(copy.deepcopy(model), tc.quantize.HQQ(bits=4, group_size=32))
     result = export_compressed_tensors(hqq, tok, tmp_path / "hqq")
     assert result.requantized == 14  # fractional zero points: requantized on the same grid

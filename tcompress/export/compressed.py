@@ -102,12 +102,14 @@ def packed_layer(module: QuantLinear, pack_to_int32) -> tuple[dict[str, Tensor],
 
 
 def int8_layer(module: Int8Linear) -> tuple[dict[str, Tensor], dict, bool]:
-    """The int-quantized tensors of a W8A8 `module` (int8 weight, channel scales) and its scheme."""
+    """The int-quantized tensors of an Int8Linear (int8 weight, channel scales) and its scheme:
+    W8A8 with dynamic per-token activations, or weight-only W8."""
     exact = module.input_scale is None
     codes, scales = (module.qweight, module.scales[:, None]) if exact else quantize_rows(module.dequantize(torch.float32))
     weights = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False, "strategy": "channel",
                "observer": "minmax"}
-    activations = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": True, "strategy": "token"}
+    activations = ({"num_bits": 8, "type": "int", "symmetric": True, "dynamic": True, "strategy": "token"}
+                   if module.activations else None)  # weight-only W8 keeps float activations
     scheme = {"weights": weights, "input_activations": activations, "format": "int-quantized"}
     return {"weight": codes.clone(), "weight_scale": scales.to(module.compute_dtype)}, scheme, exact
 
