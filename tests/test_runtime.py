@@ -47,6 +47,31 @@ def test_prefill_and_steps_equal_the_full_forward(name, monkeypatch):
             torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["llama", "llama-w4", "llama-w8-head", "qwen3"])
+@pytest.mark.parametrize("activations", ["float", "int8"])
+def test_the_one_call_step_equals_the_layer_by_layer_step(name, activations, monkeypatch):
+    monkeypatch.setattr(ops, "GEMV_ACTIVATIONS", activations)
+    model = models()[name]
+    prompt = torch.randint(0, 257, (2, 9), generator=torch.Generator().manual_seed(4))
+    native, stepwise = Decoder(model, max_length=24, batch_size=2), Decoder(model, max_length=24, batch_size=2)
+    assert native.native is not None
+    stepwise.native = None
+    token = native.prefill(prompt).argmax(-1)
+    stepwise.prefill(prompt)
+    for _ in range(6):
+        ours, theirs = native.step(token), stepwise.step(token)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        token = ours.argmax(-1)
+    torch.testing.assert_close(native.keys, stepwise.keys, rtol=1e-6, atol=1e-6)
+
+
+def test_layers_the_one_call_step_cannot_run_keep_the_stepwise_path():
+    model = models()["llama-w4"]
+    model.model.layers[1].mlp.down_proj.input_scale = torch.ones(96, dtype=torch.float16)
+    decoder = Decoder(model, max_length=16)
+    assert decoder.native is None and decoder.c_steps
+
+
 def test_greedy_generation_matches_transformers():
     model = models()["llama-w4"]
     prompt = torch.randint(0, 257, (2, 7), generator=torch.Generator().manual_seed(2))

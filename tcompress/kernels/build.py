@@ -15,7 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("qgemm.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.c", "step.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
 
 
@@ -40,7 +40,7 @@ def cpu_signature() -> str:
 def library_path(cc: str) -> Path:
     from tcompress.models.named import cache_root
 
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode() + cpu_signature().encode())
+    key = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join([cc, *FLAGS]).encode() + cpu_signature().encode())
     return cache_root() / "kernels" / f"qgemm-{key.hexdigest()[:16]}.so"
 
 
@@ -63,7 +63,7 @@ def build(cc: str, flags: list[str], path: Path) -> bool:
     """Compile the kernels with `flags` into `path`; False (and a warning) if the compiler fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")  # concurrent builds each rename a whole file
-    command = [cc, *flags, str(SOURCE), "-o", str(tmp), "-lm"]
+    command = [cc, *flags, *map(str, SOURCES), "-o", str(tmp), "-lm"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         log.warning("building the CPU kernels failed (%s); using the reference path:\n%s",
@@ -94,6 +94,10 @@ def load(path: Path) -> ctypes.CDLL:
     lib.tc_attention_step.argtypes = [pointer, pointer, pointer, integer, integer, integer, integer, integer, integer,
                                       real, pointer, integer]
     lib.tc_silu_mul.argtypes = [pointer, pointer, integer, pointer]
+    lib.tc_gemm_f32.restype = None
+    lib.tc_gemm_f32.argtypes = [pointer, integer, integer, pointer, integer, pointer, pointer, integer]
+    lib.tc_decode_step.restype = integer
+    lib.tc_decode_step.argtypes = [pointer, pointer, integer, integer, pointer, pointer, pointer, integer]
     lib.tc_int8_gemm.restype = None
     lib.tc_int8_gemm.argtypes = [pointer, pointer, integer, integer, pointer, pointer, integer, pointer, pointer,
                                  integer]

@@ -13,12 +13,17 @@ so a quantized model decodes what it computes.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tcompress import kernels
 from tcompress.kernels.ops import SharedInputLinears
+from tcompress.runtime.native import NativeStep, Unsupported
+
+log = logging.getLogger(__name__)
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -55,6 +60,11 @@ class Decoder:
         self.c_steps = (kernels.available() and self.dtype == torch.float32 and self.device.type == "cpu"
                         and all(is_rms_norm(norm) for layer in self.layers
                                 for norm in (layer.input_layernorm, layer.post_attention_layernorm)))
+        try:  # where the model's parts allow, the whole single-token step is one C call
+            self.native: NativeStep | None = NativeStep(self)
+        except Unsupported as reason:
+            log.debug("decode steps go layer by layer: %s", reason)
+            self.native = None
 
     @torch.inference_mode()
     def prefill(self, input_ids: Tensor) -> Tensor:
@@ -90,6 +100,10 @@ class Decoder:
 
     def _forward(self, ids: Tensor) -> Tensor:
         batch, tokens = ids.shape
+        if tokens == 1 and self.native is not None:
+            logits = self.native(self.model.model.embed_tokens(ids).reshape(batch, -1).clone(), self.length)
+            self.length += 1
+            return logits
         if tokens == 1 and self.c_steps:
             return self._c_step(ids)
         start, end = self.length, self.length + tokens
