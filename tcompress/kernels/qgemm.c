@@ -185,6 +185,19 @@ int tc_qgemm_f32(const float *x, int M, int K, const uint8_t *q, int N, const ui
     return 0;
 }
 
+// y [M, N] = x [M, K] times a float weight w [N, K], plus bias (K a multiple of 16).
+void tc_gemm_f32(const float *x, int M, int K, const float *w, int N, const float *bias, float *y, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int n = 0; n < N; n++) {
+        const float *row = w + (size_t)n * K;
+        int m = 0;
+        for (; m + 4 <= M; m += 4) dot4(row, x + (size_t)m * K, K, y + (size_t)m * N + n, N);
+        for (; m < M; m++) y[(size_t)m * N + n] = dot(row, x + (size_t)m * K, K);
+        if (bias)
+            for (int r = 0; r < M; r++) y[(size_t)r * N + n] += bias[n];
+    }
+}
+
 // The same product with the activations rounded to int8 per block of 32 (scale max|x| / 127),
 // as llama.cpp does on CPU: the codes then multiply as integers (AVX2 maddubs), several times
 // fewer instructions a weight than converting them to float. For block b of group g:
@@ -284,6 +297,57 @@ static inline __attribute__((always_inline)) void i8_rows(const int R, const uin
 #endif
 }
 
+#ifdef TC_AVX2
+// Bytes ahead of the 8-bit codes being read that are prefetched (half as far for 4 bits): the
+// two rows' interleaved reads defeat the hardware prefetcher on weights streamed from memory
+// (8 bits: 7.5 GB/s without, 15 with, measured).
+#define TC_PREFETCH 2048
+
+// One input row (M = 1) against two weight rows at once, BITS a constant once inlined: each
+// block of x and its scale are loaded once for both rows, and the two rows' independent sums
+// keep the vector units busy (about 1.7x the rate of one row at a time, measured).
+static inline __attribute__((always_inline)) void i8_two_rows(const int BITS, const uint8_t *const codes[2],
+                                                              const uint16_t *const row_scales[2],
+                                                              const uint16_t *const row_zeros[2], int K, int group,
+                                                              const int8_t *xq, const float *d, const float *zx,
+                                                              float out[2]) {
+    const int groups = K / group, per_group = group / 32;
+    const float offset = BITS == 8 ? 128.f : 0.f;
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80);
+    __m256 sums[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    float correction[2] = {0.f, 0.f};
+    for (int g = 0; g < groups; g++) {
+        __m256 vs[2];
+        for (int r = 0; r < 2; r++) {
+            const float s = half_to_float(row_scales[r][g]);
+            correction[r] += s * (half_to_float(row_zeros[r][g]) - offset) * zx[g];
+            vs[r] = _mm256_set1_ps(s);
+        }
+        for (int b = g * per_group; b < (g + 1) * per_group; b++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
+            const __m256 db = _mm256_broadcast_ss(d + b);
+            for (int r = 0; r < 2; r++) {
+                __m256i pairs;
+                if (BITS == 4) {
+                    _mm_prefetch((const char *)(codes[r] + b * 16 + TC_PREFETCH / 2), _MM_HINT_T0);
+                    __m128i packed = _mm_loadu_si128((const __m128i *)(codes[r] + b * 16));
+                    __m256i c = _mm256_and_si256(
+                        _mm256_inserti128_si256(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4), 1), low);
+                    pairs = _mm256_maddubs_epi16(c, xv);
+                } else {
+                    _mm_prefetch((const char *)(codes[r] + b * 32 + TC_PREFETCH), _MM_HINT_T0);
+                    __m256i c = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(codes[r] + b * 32)), flip);
+                    pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xv, c));
+                }
+                const __m256 block = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                sums[r] = _mm256_fmadd_ps(block, _mm256_mul_ps(vs[r], db), sums[r]);
+            }
+        }
+    }
+    for (int r = 0; r < 2; r++) out[r] = hsum(sums[r]) - correction[r];
+}
+#endif
+
 // Several layers that read the same x (q, k and v; gate and up), in one call: x is rounded
 // once and the threads share out the rows of all of them. Layer i: codes q[i] [N[i], K],
 // scales and zeros [N[i], K / group], bias[i] or NULL, output y[i] [M, N[i]].
@@ -300,6 +364,36 @@ int tc_qgemv_i8_multi(const float *x, int M, int K, int count, const uint8_t *co
     if (!xq || !d || !zx) { free(xq); free(d); free(zx); return -1; }
     quantize_blocks(x, M, K, bits, xq, d, zx, group);
     const size_t row_bytes = (size_t)K * bits / 8;
+#ifdef TC_AVX2
+    if (M == 1) {  // decoding one sequence: two weight rows at a time (a pair may span two layers)
+        const int total = start[count];
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int pair = 0; pair < (total + 1) / 2; pair++) {
+            const uint8_t *codes[2];
+            const uint16_t *row_scales[2], *row_zeros[2];
+            int layer[2], n[2];
+            for (int r = 0; r < 2; r++) {
+                const int row = 2 * pair + r < total ? 2 * pair + r : total - 1;  // an odd count repeats the last
+                int i = 0;
+                while (row >= start[i + 1]) i++;
+                layer[r] = i, n[r] = row - start[i];
+                codes[r] = q[i] + n[r] * row_bytes;
+                row_scales[r] = scales[i] + (size_t)n[r] * groups, row_zeros[r] = zeros[i] + (size_t)n[r] * groups;
+            }
+            float out[2];
+            if (bits == 4) i8_two_rows(4, codes, row_scales, row_zeros, K, group, xq, d, zx, out);
+            else i8_two_rows(8, codes, row_scales, row_zeros, K, group, xq, d, zx, out);
+            for (int r = 0; r < (2 * pair + 1 < total ? 2 : 1); r++) {
+                const int i = layer[r];
+                y[i][n[r]] = out[r] + (bias[i] ? bias[i][n[r]] : 0.f);
+            }
+        }
+        free(xq);
+        free(d);
+        free(zx);
+        return 0;
+    }
+#endif
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int row = 0; row < start[count]; row++) {
         int i = 0;
