@@ -63,6 +63,16 @@ def test_gguf_requantizes_other_grids(pair, tmp_path):
     assert check.kl < 0.01
 
 
+def test_float_gguf_holds_the_weights_as_they_are(pair, tmp_path):
+    model, tok = pair
+    result = export_gguf(model, tok, tmp_path / "m.gguf", "f32", embeddings="f32")
+    assert result.from_codes == 0 and result.requantized == 0
+    loaded, _ = tc.load(tmp_path / "m.gguf")
+    torch.testing.assert_close(loaded.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight,
+                               rtol=0, atol=0)
+    assert compare(model, loaded, tok).top1 == 1.0
+
+
 def test_plain_hf_export_of_a_packed_model(pair, tmp_path):
     model, tok = pair
     quantized = tc.apply(copy.deepcopy(model), tc.quantize.RTN(bits=3, group_size=32))

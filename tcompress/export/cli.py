@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("compressed-tensors", "gguf-q8_0", "gguf-q4_0", "hf")
+FORMATS = ("compressed-tensors", "gguf-q8_0", "gguf-q4_0", "gguf-f16", "gguf-f32", "hf")
 
 
 def add_command(commands: Any, epilog: str) -> None:
@@ -19,7 +19,8 @@ def add_command(commands: Any, epilog: str) -> None:
     export.add_argument("model", metavar="MODEL")
     export.add_argument("--format", required=True, choices=FORMATS,
                         help="compressed-tensors: a quantized model's packed codes, as llm-compressor writes them (vLLM, "
-                        "transformers); gguf-q8_0 / gguf-q4_0: llama.cpp (Llama family); hf: dequantized float folder")
+                        "transformers); gguf-q8_0 / gguf-q4_0: llama.cpp (Llama family); gguf-f16 / gguf-f32: float GGUF, "
+                        "for llama.cpp's own quantizer; hf: dequantized float folder")
     export.add_argument("--out", required=True, help="the .gguf file, or the folder (compressed-tensors, hf)")
     export.add_argument("--min-agreement", type=float,
                         help="top-1 agreement required (default 0.99; 0.90 where weights had to be requantized)")
@@ -51,7 +52,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     else:
         from tcompress.export.gguf import export_gguf
 
-        result = export_gguf(model, tok, out, args.format.removeprefix("gguf-"))
+        qtype = args.format.removeprefix("gguf-")
+        result = export_gguf(model, tok, out, qtype, embeddings=qtype if qtype.startswith("f") else "q8_0")
         requantized = result.requantized
         print(f"{result.tensors} tensors; {result.from_codes} linears written from their own codes, "
               f"{result.requantized} requantized")

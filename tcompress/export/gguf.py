@@ -1,6 +1,7 @@
 """Export to GGUF (llama.cpp, and transformers' GGUF loader) for Llama-family models.
 
-Block linears are written as Q8_0 or Q4_0 (blocks of 32 inputs with an fp16 scale), the
+Block linears are written as Q8_0 or Q4_0 (blocks of 32 inputs with an fp16 scale), or in
+float (F16 / F32: a file for llama.cpp's own quantizer), the
 embeddings and an untied head as Q8_0 (or F16 / F32: `embeddings=`), the norms in F32. A
 `QuantLinear` on the type's own grid (8 or 4 bits, groups of 32, symmetric: `value =
 d * (code - 2^(bits-1))`) is written from its codes and scales as they are, losslessly;
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
          "f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32}
 OWN_GRIDS = {"q8_0": 8, "q4_0": 4}  # bits of the symmetric g32 grid each type stores as it is
-FILE_TYPES = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+FILE_TYPES = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+              "f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}
 BLOCK_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
@@ -48,8 +50,8 @@ class GGUFExport:
 def export_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, qtype: str = "q4_0",
                 embeddings: str = "q8_0") -> GGUFExport:
     """Write `model` (Llama family) with `tokenizer` to the GGUF file `path`."""
-    if qtype not in OWN_GRIDS:
-        raise ValueError(f"qtype must be one of {sorted(OWN_GRIDS)}, got {qtype!r}")
+    if qtype not in FILE_TYPES:
+        raise ValueError(f"qtype must be one of {sorted(FILE_TYPES)}, got {qtype!r}")
     if embeddings not in TYPES:
         raise ValueError(f"embeddings must be one of {sorted(TYPES)}, got {embeddings!r}")
     parts = adapter(model)
@@ -144,7 +146,7 @@ def _tensors(model: nn.Module, config: Any, qtype: str, embeddings: str, counts:
 
 def _linear(module: nn.Module, qtype: str, heads: int | None, counts: dict) -> tuple[np.ndarray, Any]:
     grid = getattr(module, "grid", None)
-    if (isinstance(module, QuantLinear) and grid.bits == OWN_GRIDS[qtype] and grid.group_size == 32
+    if (isinstance(module, QuantLinear) and grid.bits == OWN_GRIDS.get(qtype) and grid.group_size == 32
             and grid.symmetric and module.outliers == 0 and module.input_scale is None):
         counts["from_codes"] += 1
         codes, scales = module.codes(), module.scales
