@@ -25,6 +25,8 @@ def test_save_then_load_gives_identical_logits_tokenizer_and_record(tmp_path, to
     assert tok("hello there").input_ids == tokenizer("hello there").input_ids
     assert loaded.tc_record.applied == [{"method": "example", "bits": 4}]
     assert json.loads((tmp_path / "out" / "tcompress.json").read_text())["format"] == 1
+    alone, none = tc.load(tmp_path / "out", processor=False)  # token ids only: no tokenizer loaded
+    assert none is None and torch.equal(logits(alone, ids), logits(model, ids))
 
 
 @pytest.mark.parametrize("family", ["opt", "gpt2", "bert", "vit"])

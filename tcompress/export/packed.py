@@ -38,7 +38,8 @@ def load_packed(model_class: type, config, folder: Path, layouts: dict[str, dict
     for name, layout in layouts.items():
         if layout.get("format") not in PACKED_MODULES:
             raise ValueError(f"{str(folder)!r}: module {name!r} has unknown packed format {layout.get('format')!r}")
-        replace_module(model, name, PACKED_MODULES[layout["format"]].from_layout(layout, dtype))
+        with init_empty_weights(include_buffers=True):  # the codes come from the files: no buffer allocated twice
+            replace_module(model, name, PACKED_MODULES[layout["format"]].from_layout(layout, dtype))
     state = {}
     for file in sorted(folder.glob("*.safetensors")):
         state.update(load_file(file))

@@ -38,28 +38,31 @@ class UnsupportedArchitectureError(ValueError):
 
 
 def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
-         device_map: str | dict | None = None) -> tuple[nn.Module, Any]:
+         device_map: str | dict | None = None, processor: bool = True) -> tuple[nn.Module, Any]:
     """Load a model and its tokenizer (or image processor; None if it has neither).
 
     `dtype` is the floating-point type of the weights ("auto" keeps the checkpoint's);
-    `device_map` is passed to transformers (e.g. "auto" to offload with accelerate).
+    `device_map` is passed to transformers (e.g. "auto" to offload with accelerate);
+    `processor=False` skips the tokenizer (None is returned), for serving token ids: a
+    tokenizer can take more memory than a 4-bit model's linears.
     The model is returned in eval mode.
     """
+    with_processor = processor
     key = str(spec)
     if key in named.NAMED:
-        model, processor = _load_named(key, dtype, device_map)
+        model, processor = _load_named(key, dtype, device_map, with_processor)
     else:
         path = Path(spec).expanduser()
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise FileNotFoundError(f"GGUF file not found: {str(path)!r}")
-            model, processor = _load_gguf(path, dtype)
+            model, processor = _load_gguf(path, dtype, with_processor)
         elif path.is_dir():
-            model, processor = _load_folder(path, dtype, device_map)
+            model, processor = _load_folder(path, dtype, device_map, with_processor)
         elif path.exists():
             raise ModelSpecError(f"model spec {key!r} is a file but not a .gguf file; expected a folder or .gguf")
         elif HUB_ID.match(key):
-            model, processor = _load_folder(key, dtype, device_map)
+            model, processor = _load_folder(key, dtype, device_map, with_processor)
         else:
             raise ModelSpecError(
                 f"unknown model spec {key!r}: expected a named model ({', '.join(named.NAMED)}), "
@@ -70,24 +73,25 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
     return model, processor
 
 
-def _load_named(name: str, dtype, device_map) -> tuple[nn.Module, Any]:
+def _load_named(name: str, dtype, device_map, with_processor: bool = True) -> tuple[nn.Module, Any]:
     path = named.locate(name)
     if path.is_dir():
-        model, processor = _load_folder(path, dtype, device_map)
+        model, processor = _load_folder(path, dtype, device_map, with_processor)
     else:
         cache = named.cache_root() / f"{named.NAMED[name].package}-{named.version(name)}"
         if not (cache / "config.json").is_file():
             log.info("converting %s to a cached folder at %s (once)", path.name, cache)
             model, processor = _load_gguf(path, torch.float32)
             save(model, cache, processor)
-        model, processor = _load_folder(cache, dtype, device_map)
+        model, processor = _load_folder(cache, dtype, device_map, with_processor)
     model.tc_record = Record(source=name)
     return model, processor
 
 
-def _load_gguf(path: Path, dtype) -> tuple[nn.Module, Any]:
+def _load_gguf(path: Path, dtype, with_processor: bool = True) -> tuple[nn.Module, Any]:
     try:
-        processor = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        processor = (transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                     if with_processor else None)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     except (ValueError, KeyError, IndexError, EOFError) as error:
         raise UnsupportedArchitectureError(f"cannot read GGUF file {str(path)!r} (corrupted, truncated, or of an "
@@ -97,7 +101,7 @@ def _load_gguf(path: Path, dtype) -> tuple[nn.Module, Any]:
     return model, processor
 
 
-def _load_folder(source: str | Path, dtype, device_map) -> tuple[nn.Module, Any]:
+def _load_folder(source: str | Path, dtype, device_map, with_processor: bool = True) -> tuple[nn.Module, Any]:
     try:
         config = AutoConfig.from_pretrained(source)
     except ValueError as error:
@@ -112,7 +116,7 @@ def _load_folder(source: str | Path, dtype, device_map) -> tuple[nn.Module, Any]
         model = model_class.from_pretrained(source, config=config, dtype=dtype, device_map=device_map)
     drop_gguf_marker(model)
     model.tc_record = record or Record(source=str(source))
-    return model, _load_processor(source)
+    return model, _load_processor(source) if with_processor else None
 
 
 def _model_class(config) -> type:
