@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 import tcompress as tc
 
@@ -48,3 +49,14 @@ def test_bench_refuses_plain_modules_and_nothing():
         tc.bench({"x": torch.nn.Linear(2, 2)}, FAST)
     with pytest.raises(ValueError, match="empty"):
         tc.bench({}, FAST)
+
+
+def test_peak_memory_sees_a_freed_allocation_and_resets_between_uses():
+    from tcompress.eval.latency import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as big:
+        block = torch.ones(50 * 2**20)  # 200 MB, touched
+        del block
+    with PeakMemory(torch.device("cpu")) as small:
+        pass
+    assert big.peak - small.peak > 150 * 2**20
