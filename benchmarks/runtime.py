@@ -7,6 +7,10 @@ round-to-nearest, group 64, with an 8-bit output head and 8-bit embeddings (spee
 were chosen; pass --w4 DIR to measure a saved GPTQ/AWQ model instead). Beside the figures: the
 memory-bandwidth bound, bytes read per token / measured read bandwidth.
 
+The llama.cpp rows (where `llama-cpp-python` is installed) run the same model through
+llama.cpp: an F32 GGUF written by tcompress's exporter, and Q8_0 / Q4_0 made from it by
+llama.cpp's own quantizer (`llama_model_quantize`), with as many threads as torch uses.
+
     python benchmarks/runtime.py                      # default model, all rows
     python benchmarks/runtime.py --rows w4:tcompress  # one row
 """
@@ -26,7 +30,9 @@ import torch
 import tcompress as tc
 from tcompress.eval.latency import BenchReport, BenchRow, PeakMemory
 
-ROWS = ("fp32:hf", "fp32:tcompress", "w8:hf", "w8:tcompress", "w4:hf", "w4:tcompress")
+ROWS = ("fp32:hf", "fp32:tcompress", "w8:hf", "w8:tcompress", "w4:hf", "w4:tcompress", "f32:llama.cpp",
+        "q8_0:llama.cpp", "q4_0:llama.cpp")
+LLAMA_CPP_TYPES = {"f32": 0, "q8_0": 7, "q4_0": 2}  # llama_ftype: ALL_F32, MOSTLY_Q8_0, MOSTLY_Q4_0
 
 
 def main() -> None:
@@ -46,10 +52,14 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = prepare(args, out / "models")
+    rows = args.rows.split(",")
+    if any(row.endswith(":llama.cpp") for row in rows) and not llama_cpp_available():
+        print("llama-cpp-python is not installed: no llama.cpp rows", flush=True)
+        rows = [row for row in rows if not row.endswith(":llama.cpp")]
+    paths = prepare(args, out / "models", {row.split(":")[0] for row in rows})
     bandwidth = read_bandwidth()
     results = []
-    for row in args.rows.split(","):
+    for row in rows:
         variant, engine = row.split(":")
         print(f"measuring {row} ...", flush=True)
         result = run_worker(paths[variant], engine, args)
@@ -66,18 +76,46 @@ def main() -> None:
     print(f"\nwrote {out / 'runtime.json'} and {out / 'runtime.png'}")
 
 
-def prepare(args, folder: Path) -> dict[str, str]:
-    """The fp32 model spec and saved W8 / W4 models (made once, reused)."""
-    paths = {"fp32": args.model, "w8": str(folder / "w8-g64"), "w4": args.w4 or str(folder / "w4-g64")}
+def prepare(args, folder: Path, variants: set[str]) -> dict[str, str]:
+    """The fp32 model spec, saved W8 / W4 models and GGUF files (made once, reused)."""
+    paths = {"fp32": args.model, "w8": str(folder / "w8-g64"), "w4": args.w4 or str(folder / "w4-g64"),
+             **{qtype: str(folder / f"{name_of(args.model)}-{qtype}.gguf") for qtype in LLAMA_CPP_TYPES}}
     for variant, bits in (("w8", 8), ("w4", 4)):
-        if Path(paths[variant]).exists():
+        if Path(paths[variant]).exists() or variant not in variants:
             continue
         model, tok = tc.load(args.model)
         tc.apply(model, tc.quantize.RTN(bits=bits, group_size=64))
         tc.apply(model, tc.quantize.RTN(bits=8, group_size=64, head=True, include=("lm_head",)))
         tc.apply(model, tc.quantize.EmbeddingQuant(bits=8, group_size=64))
         tc.save(model, paths[variant], tok)
+    if variants & set(LLAMA_CPP_TYPES) and not Path(paths["f32"]).exists():
+        from tcompress.export.gguf import export_gguf
+
+        model, tok = tc.load(args.model)
+        export_gguf(model, tok, paths["f32"], "f32", embeddings="f32")
+    for qtype in variants & (set(LLAMA_CPP_TYPES) - {"f32"}):
+        if not Path(paths[qtype]).exists():
+            llama_quantize(paths["f32"], paths[qtype], LLAMA_CPP_TYPES[qtype])
     return paths
+
+
+def llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def llama_quantize(source: str, target: str, ftype: int) -> None:
+    """llama.cpp's own quantizer, through its C API."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = torch.get_num_threads()
+    if llama_cpp.llama_model_quantize(source.encode(), target.encode(), params) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {source} to type {ftype}")
 
 
 def run_worker(model: str, engine: str, args) -> dict:
@@ -94,8 +132,10 @@ def measure(args, spec: str, engine: str) -> dict:
     """In a fresh process: load, decode at batch 1, prefill, sweep batch sizes, peak RSS."""
     import psutil
 
+    if engine == "llama.cpp":
+        return measure_llama_cpp(args, spec)
     baseline = psutil.Process().memory_info().rss
-    model, _ = tc.load(spec)
+    model, _ = tc.load(spec, processor=False)  # token ids in, logits out: no tokenizer in memory
     model.eval()
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), generator=generator)
@@ -104,7 +144,7 @@ def measure(args, spec: str, engine: str) -> dict:
     with PeakMemory(torch.device("cpu")) as memory:
         generate(prompt, 2)  # warm-up
         one = min(timed(lambda: generate(prompt, 1)) for _ in range(3))
-        full = timed(lambda: generate(prompt, args.new_tokens))
+        full = min(timed(lambda: generate(prompt, args.new_tokens)) for _ in range(2))
     prefill_once = prefiller(model, engine, args.prefill)
     prefill = min(timed(lambda: prefill_once(long_prompt)) for _ in range(2))
     settings = tc.BenchSettings(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), seqlen=args.prompt,
@@ -113,6 +153,42 @@ def measure(args, spec: str, engine: str) -> dict:
     return {"decode_tok_s": (args.new_tokens - 1) / (full - one), "prefill_tok_s": args.prefill / prefill,
             "peak_rss_mb": memory.peak / 2**20, "model_rss_mb": (memory.peak - baseline) / 2**20,
             "bytes_per_token": bytes_read_per_token(model), "bench": [r.__dict__ for r in report.rows]}
+
+
+def measure_llama_cpp(args, path: str) -> dict:
+    """The same measurements through llama.cpp (batch 1 only): the same prompts, greedy decoding."""
+    import llama_cpp
+    import psutil
+
+    baseline = psutil.Process().memory_info().rss
+    threads = torch.get_num_threads()
+    llm = llama_cpp.Llama(model_path=path, n_ctx=max(args.prefill, args.prompt + args.new_tokens) + 8,
+                          n_batch=args.prefill, n_threads=threads, n_threads_batch=threads, verbose=False)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, llm.n_vocab(), (args.prompt,), generator=generator).tolist()
+    long_prompt = torch.randint(0, llm.n_vocab(), (args.prefill,), generator=generator).tolist()
+
+    def generate(tokens: list[int], new_tokens: int) -> list[int]:
+        llm.reset()
+        out = []
+        for token in llm.generate(tokens, temp=0.0, top_k=1, reset=True):
+            out.append(token)
+            if len(out) == new_tokens:
+                return out
+        return out
+
+    def prefill(tokens: list[int]) -> None:
+        llm.reset()
+        llm.eval(tokens)
+
+    with PeakMemory(torch.device("cpu")) as memory:
+        generate(prompt, 2)  # warm-up
+        one = min(timed(lambda: generate(prompt, 1)) for _ in range(3))
+        full = min(timed(lambda: generate(prompt, args.new_tokens)) for _ in range(2))
+        prefill_seconds = min(timed(lambda: prefill(long_prompt)) for _ in range(2))
+    return {"decode_tok_s": (args.new_tokens - 1) / (full - one), "prefill_tok_s": args.prefill / prefill_seconds,
+            "peak_rss_mb": memory.peak / 2**20, "model_rss_mb": (memory.peak - baseline) / 2**20,
+            "bytes_per_token": Path(path).stat().st_size, "bench": []}
 
 
 def generator_for(model, engine: str, max_length: int):
