@@ -29,6 +29,7 @@ import torch
 
 import tcompress as tc
 from tcompress.eval.latency import BenchReport, BenchRow, PeakMemory
+from tcompress.export.verify import llama_cpp_available
 
 ROWS = ("fp32:hf", "fp32:tcompress", "w8:hf", "w8:tcompress", "w4:hf", "w4:tcompress", "f32:llama.cpp",
         "q8_0:llama.cpp", "q4_0:llama.cpp")
@@ -97,14 +98,6 @@ def prepare(args, folder: Path, variants: set[str]) -> dict[str, str]:
         if not Path(paths[qtype]).exists():
             llama_quantize(paths["f32"], paths[qtype], LLAMA_CPP_TYPES[qtype])
     return paths
-
-
-def llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def llama_quantize(source: str, target: str, ftype: int) -> None:

@@ -219,3 +219,31 @@ def test_default_model_compressed_tensors_w4_loads_quantized_and_agrees(tmp_path
     assert packed
     check = compare(model, loaded, tok)
     assert check.top1 >= 0.99, check
+
+
+@pytest.mark.parametrize("qtype, bits", [("q8_0", 8), ("q4_0", 4)])
+def test_llama_cpp_runs_the_gguf_export_as_our_model_computes(tmp_path, qtype, bits):
+    pytest.importorskip("llama_cpp")  # a benchmark dependency (a source build), not a test one
+    from tcompress.export.verify import compare_in_llama_cpp
+
+    tok = merging_tokenizer()  # llama.cpp insists on a merges list; the byte tokenizer has none
+    torch.manual_seed(0)
+    model = tiny_llama(vocab_size=len(tok)).eval()
+    quantized = tc.apply(model, tc.quantize.RTN(bits=bits, group_size=32, symmetric=True))
+    export_gguf(quantized, tok, tmp_path / "m.gguf", qtype, embeddings="f32")
+    check = compare_in_llama_cpp(quantized, tmp_path / "m.gguf", tok)
+    assert check.top1 > 0.97 and check.kl < 1e-3  # llama.cpp rounds activations to 8 bits in its dot products
+
+
+def merging_tokenizer():
+    """Byte-level BPE with one merge ("t" + "h")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+    vocab["th"] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[("t", "h")]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>")

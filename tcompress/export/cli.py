@@ -29,7 +29,7 @@ def add_command(commands: Any, epilog: str) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     import tcompress as tc
-    from tcompress.export.verify import compare
+    from tcompress.export.verify import compare, compare_in_llama_cpp, llama_cpp_available
 
     out = Path(args.out)
     if args.format.startswith("gguf") and out.suffix != ".gguf":
@@ -60,6 +60,10 @@ def cmd_export(args: argparse.Namespace) -> None:
         exported, _ = tc.load(out)
     size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.glob("*.safetensors"))
     check = compare(model, exported, tok)
+    if args.format.startswith("gguf") and llama_cpp_available():
+        in_llama = compare_in_llama_cpp(model, out, tok)
+        print(f"llama.cpp runs it: top-1 agreement {in_llama.top1:.4f}, KL {in_llama.kl:.5f} nats/token")
+        check = min(check, in_llama, key=lambda c: c.top1)
     floor = args.min_agreement if args.min_agreement is not None else (0.90 if requantized else 0.99)
     print(f"{args.format}: {size / 2**20:.1f} MB; loaded back: top-1 agreement {check.top1:.4f}, "
           f"KL {check.kl:.5f} nats/token on the check prompts")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,3 +22,32 @@ def check_prompts(tokenizer: Any, count: int = 8, seqlen: int = 128) -> torch.Te
 def compare(reference: nn.Module, exported: nn.Module, tokenizer: Any) -> Fidelity:
     """KL and top-1 agreement of `exported`'s next-token predictions with `reference`'s."""
     return fidelity(reference, exported, check_prompts(tokenizer), batch_size=4, progress=False)
+
+
+def llama_cpp_available() -> bool:
+    """Whether `llama-cpp-python` is installed (then GGUF exports are checked in llama.cpp too)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def compare_in_llama_cpp(reference: nn.Module, path: str | Path, tokenizer: Any) -> Fidelity:
+    """KL and top-1 agreement of llama.cpp running the GGUF file `path` with `reference`, on
+    the check prompts (needs `llama-cpp-python`)."""
+    import llama_cpp
+
+    windows = check_prompts(tokenizer)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=windows.shape[1], n_batch=windows.shape[1], logits_all=True,
+                          n_threads=torch.get_num_threads(), verbose=False)
+    kl_sum, agree = 0.0, 0
+    for ids in windows:
+        llm.reset()
+        llm.eval(ids.tolist())
+        got = torch.log_softmax(torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32)), dim=-1)
+        ref = torch.log_softmax(reference(input_ids=ids[None], use_cache=False).logits[0].float(), dim=-1)
+        kl_sum += (ref.exp() * (ref - got)).sum().item()
+        agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
+    return Fidelity(kl=kl_sum / windows.numel(), top1=agree / windows.numel())
