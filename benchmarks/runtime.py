@@ -114,7 +114,7 @@ def llama_quantize(source: str, target: str, ftype: int) -> None:
 def run_worker(model: str, engine: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", model, engine, "--prompt", str(args.prompt), "--new-tokens",
                str(args.new_tokens), "--prefill", str(args.prefill), "--batch-sizes", args.batch_sizes]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"worker {model} {engine} failed:\n{done.stderr[-3000:]}")
@@ -179,9 +179,12 @@ def measure_llama_cpp(args, path: str) -> dict:
         one = min(timed(lambda: generate(prompt, 1)) for _ in range(3))
         full = min(timed(lambda: generate(prompt, args.new_tokens)) for _ in range(2))
         prefill_seconds = min(timed(lambda: prefill(long_prompt)) for _ in range(2))
-    return {"decode_tok_s": (args.new_tokens - 1) / (full - one), "prefill_tok_s": args.prefill / prefill_seconds,
+    decode = (args.new_tokens - 1) / (full - one)
+    point = {"model": f"{Path(path).stem} (llama.cpp)", "phase": "decode", "batch": 1, "seqlen": args.prompt,
+             "latency_ms": 1000 / decode, "throughput": decode, "peak_memory_mb": memory.peak / 2**20}
+    return {"decode_tok_s": decode, "prefill_tok_s": args.prefill / prefill_seconds,
             "peak_rss_mb": memory.peak / 2**20, "model_rss_mb": (memory.peak - baseline) / 2**20,
-            "bytes_per_token": Path(path).stat().st_size, "bench": []}
+            "bytes_per_token": Path(path).stat().st_size, "bench": [point]}  # batch 1 only: a point on the plot
 
 
 def generator_for(model, engine: str, max_length: int):
