@@ -5,8 +5,7 @@ Hessian (Frantar & Alistarh, 2023, arXiv:2301.00774).
 As in GPTQ, H = 2 X Xᵀ / n, damped, and the upper Cholesky factor U of its inverse gives
 every column's OBS update. The mask is chosen adaptively: at the start of each block of
 `block_size` columns, the weights of the block with the smallest w² / U_jj² (their OBS
-error) are pruned, `sparsity` of them across the whole block (or, with `per_row`, of each
-output row's weights in the block: Wanda's comparison group); with an N:M pattern, the
+error) are pruned, `sparsity` of them across the whole block; with an N:M pattern, the
 M - N smallest of every M consecutive columns of a row are pruned when the first of them
 is reached. With `bits` set, every kept weight is quantized on the grid of its group in the
 same pass (the joint sparsify-and-quantize mode), and the result is a `QuantLinear`.
@@ -37,11 +36,9 @@ class Pruned:
 
 
 def sparsegpt_prune(w: Tensor, h: Tensor, sparsity: float, *, nm: tuple[int, int] | None = None,
-                    grid: Grid | None = None, block_size: int = 128, damp: float = 0.1,
-                    per_row: bool = False) -> Pruned:
+                    grid: Grid | None = None, block_size: int = 128, damp: float = 0.1) -> Pruned:
     """Prune `w` `[out, in]` given the Hessian `h` `[in, in]` of its inputs; with `grid`,
-    quantize the kept weights too. `per_row`: each output row loses `sparsity` of its weights
-    in every block (else the block's weights compete across rows). Runs in the dtype of `w` and `h`."""
+    quantize the kept weights too. Runs in the dtype of `w` and `h`."""
     w, h = w.clone(), h.clone()
     out_features, in_features = w.shape
     dead = h.diagonal() == 0  # inputs that never fire: their weights go first
@@ -60,10 +57,7 @@ def sparsegpt_prune(w: Tensor, h: Tensor, sparsity: float, *, nm: tuple[int, int
         end = min(start + block_size, in_features)
         if nm is None:  # the block's mask at once, from its OBS errors
             errors_if_pruned = rows[start:end].pow(2) / pivots[start:end, None].pow(2)
-            if per_row:  # the block is [columns, rows]: an output row is a column here
-                kept[start:end] = keep_mask(errors_if_pruned.t(), sparsity, per_row=True).t()
-            else:
-                kept[start:end] = keep_mask(errors_if_pruned, sparsity, per_row=False)
+            kept[start:end] = keep_mask(errors_if_pruned, sparsity, per_row=False)
         errors = torch.empty(end - start, out_features, dtype=w.dtype)
         for i in range(start, end):
             if nm is not None and (i - start) % nm[1] == 0:
@@ -104,9 +98,6 @@ class SparseGPT(Pruner):
     bits: int | None = None  # quantize the kept weights too (joint mode): 2, 3, 4 or 8
     group_size: int | None = 64  # with bits: input channels per scale; None: per channel
     symmetric: bool = False
-    # prune `sparsity` of every output row's weights in each block, rather than across the
-    # block's rows as the paper does: Wanda's finding that LLM rows must be compared within
-    per_row: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -142,7 +133,7 @@ class SparseGPT(Pruner):
     def apply(self, linear: nn.Module, stats: HessianStats, name: str) -> nn.Module:
         w = self.weight_of(linear).float().to(stats.total.device)
         pruned = sparsegpt_prune(w, stats.hessian(), self.sparsity_of(name), nm=self.nm, grid=self.grid,
-                                 block_size=self.block_size, damp=self.damp, per_row=self.per_row)
+                                 block_size=self.block_size, damp=self.damp)
         if self.grid is None:
             return self.pack(linear, pruned.weight)
         bias = linear.bias.detach() if linear.bias is not None else None

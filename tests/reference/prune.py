@@ -7,7 +7,7 @@ from torch import Tensor
 
 
 def sparsegpt(w: Tensor, h: Tensor, sparsity: float, block_size: int, damp: float,
-              nm: tuple[int, int] | None = None, per_row: bool = False) -> tuple[Tensor, Tensor]:
+              nm: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """SparseGPT as sequential OBS, float64: columns left to right; a pruned weight's error
     goes at once onto every later column through the current inverse Hessian, then that
     column is eliminated from the inverse. No Cholesky, no lazy blocks. The mask of a block
@@ -32,15 +32,10 @@ def sparsegpt(w: Tensor, h: Tensor, sparsity: float, block_size: int, damp: floa
         end = min(start + block_size, cols)
         if nm is None:
             errors = torch.stack([w[:, j] ** 2 / pivot_squared(j) for j in range(start, end)], dim=1)
-            if per_row:
-                for r in range(rows):
-                    for k in torch.argsort(errors[r], stable=True)[: int(sparsity * (end - start))].tolist():
-                        kept[r, start + k] = False
-            else:
-                order = torch.argsort(errors.flatten(), stable=True)[: int(sparsity * errors.numel())]
-                block = torch.ones(errors.numel(), dtype=torch.bool)
-                block[order] = False
-                kept[:, start:end] = block.view(rows, end - start)
+            order = torch.argsort(errors.flatten(), stable=True)[: int(sparsity * errors.numel())]
+            block = torch.ones(errors.numel(), dtype=torch.bool)
+            block[order] = False
+            kept[:, start:end] = block.view(rows, end - start)
         for j in range(start, end):
             if nm is not None and (j - start) % nm[1] == 0:
                 n, m = nm
