@@ -6,9 +6,10 @@ building, dispatch over options. This decoder does only what a decoder-only Llam
 RMSNorm, the projections (QuantLinear's packed kernels where the model has them; q/k/v and
 gate/up in one call each), rotary embedding from a precomputed table, a write into
 preallocated K/V tensors, attention over the filled part of the cache, the gated MLP. A
-single-token step on CPU runs its norms, rotation, attention and SiLU as C calls
-(`tcompress.kernels`); prefill uses torch (SDPA). Its logits equal the model's forward (tested),
-so a quantized model decodes what it computes.
+single-token step on CPU is one C call for the whole model where its layers allow
+(`tcompress.runtime.native`), else runs its norms, rotation, attention and SiLU as C calls
+layer by layer (`tcompress.kernels`); prefill uses torch (SDPA). Its logits equal the model's
+forward (tested), so a quantized model decodes what it computes.
 """
 
 from __future__ import annotations
