@@ -62,8 +62,9 @@ def test_kernel_equals_reference(bits, group, tokens):
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("tokens", [1, 2, 3, 7])
-def test_int8_gemv_computes_what_it_defines(bits, tokens):
-    module = layer(bits, 64, 256, 40)
+@pytest.mark.parametrize("outputs", [40, 41])  # 41: the last of an odd count of weight rows goes alone
+def test_int8_gemv_computes_what_it_defines(bits, tokens, outputs):
+    module = layer(bits, 64, 256, outputs)
     x = torch.randn(tokens, 256) * torch.linspace(0.1, 3, 256)
     x[0, :32] = 0  # an all-zero block
     out = kernels.qgemm(module, x, activations="int8")
