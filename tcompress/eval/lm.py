@@ -80,12 +80,15 @@ def fidelity(reference: nn.Module, model: nn.Module, windows: Tensor, batch_size
         raise ValueError(f"windows must be a non-empty [n, seqlen] tensor, got shape {tuple(windows.shape)}")
     kl_sum, agree, count = 0.0, 0, 0
     for batch in tqdm(windows.split(batch_size), desc="fidelity", disable=not progress):
-        ref = _log_probs(reference, batch)  # [b, s, vocab]
-        got = _log_probs(model, batch)
-        kl_sum += (ref.exp() * (ref - got)).sum(-1).sum().item()
-        agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
-        count += ref.shape[0] * ref.shape[1]
+        kl, same = agreement(_log_probs(reference, batch), _log_probs(model, batch))  # [b, s, vocab] each
+        kl_sum, agree, count = kl_sum + kl, agree + same, count + batch.numel()
     return Fidelity(kl=kl_sum / count, top1=agree / count)
+
+
+def agreement(ref: Tensor, got: Tensor) -> tuple[float, int]:
+    """Summed KL(ref || got) and the count of equal top-1 predictions, over log-probabilities
+    `[..., vocab]` of the same tokens."""
+    return (ref.exp() * (ref - got)).sum().item(), int((ref.argmax(-1) == got.argmax(-1)).sum().item())
 
 
 def _log_probs(model: nn.Module, ids: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tcompress.eval.lm import Fidelity, fidelity
+from tcompress.eval.lm import Fidelity, agreement, fidelity
 
 
 def check_prompts(tokenizer: Any, count: int = 8, seqlen: int = 128) -> torch.Tensor:
@@ -48,6 +48,6 @@ def compare_in_llama_cpp(reference: nn.Module, path: str | Path, tokenizer: Any)
         llm.eval(ids.tolist())
         got = torch.log_softmax(torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32)), dim=-1)
         ref = torch.log_softmax(reference(input_ids=ids[None], use_cache=False).logits[0].float(), dim=-1)
-        kl_sum += (ref.exp() * (ref - got)).sum().item()
-        agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
+        kl, same = agreement(ref, got)
+        kl_sum, agree = kl_sum + kl, agree + same
     return Fidelity(kl=kl_sum / windows.numel(), top1=agree / windows.numel())

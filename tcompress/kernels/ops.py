@@ -38,7 +38,7 @@ def supports(module, x: Tensor) -> bool:
 
 def layer_fits(module) -> bool:
     """4 or 8 bits, input width and group a multiple of 32, and the kernels built."""
-    group = _group(module)
+    group = group_of(module)
     return (module.grid.bits in (4, 8) and module.in_features % 32 == 0 and group % 32 == 0
             and module.in_features % group == 0 and library() is not None)
 
@@ -72,7 +72,7 @@ def qgemm(module, rows: Tensor, activations: str | None = None) -> Tensor:
     kernel = lib.tc_qgemv_i8 if (activations or GEMV_ACTIVATIONS) == "int8" else lib.tc_qgemm_f32
     _check(kernel(
         rows.data_ptr(), rows.shape[0], module.in_features, module.qweight.data_ptr(), module.out_features,
-        module.scales.data_ptr(), module.zeros.data_ptr(), _group(module), module.grid.bits,
+        module.scales.data_ptr(), module.zeros.data_ptr(), group_of(module), module.grid.bits,
         None if bias is None else bias.data_ptr(), out.data_ptr(), torch.get_num_threads()), module)
     return out
 
@@ -83,7 +83,7 @@ def decoded_weight(module) -> tuple[Tensor, Tensor | None]:
     weight = torch.empty(module.out_features, module.in_features, dtype=torch.float32)
     _check(library().tc_dequantize(
         module.qweight.data_ptr(), module.out_features, module.in_features, module.scales.data_ptr(),
-        module.zeros.data_ptr(), _group(module), module.grid.bits, weight.data_ptr(), torch.get_num_threads()), module)
+        module.zeros.data_ptr(), group_of(module), module.grid.bits, weight.data_ptr(), torch.get_num_threads()), module)
     return weight, (column_order(module.in_features) if module.grid.bits == 4 else None)
 
 
@@ -93,7 +93,8 @@ def column_order(in_features: int) -> Tensor:
     return (torch.arange(0, in_features, 32)[:, None] + chunk).reshape(-1)
 
 
-def _group(module) -> int:
+def group_of(module) -> int:
+    """Input channels per scale of a packed module (the whole row when per-channel)."""
     return module.grid.group_size or module.in_features
 
 
@@ -156,7 +157,7 @@ class SharedInputLinears:
         qweights, sizes, scales, zeros, biases = self._args
         outputs = (ctypes.c_void_p * len(outs))(*[o.data_ptr() for o in outs])
         _check(library().tc_qgemv_i8_multi(rows.data_ptr(), rows.shape[0], first.in_features, len(outs), qweights,
-                                           sizes, scales, zeros, biases, outputs, _group(first), first.grid.bits,
+                                           sizes, scales, zeros, biases, outputs, group_of(first), first.grid.bits,
                                            torch.get_num_threads()), first)
         return [o.reshape(*x.shape[:-1], o.shape[1]) for o in outs]
 

@@ -47,7 +47,7 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
     tokenizer can take more memory than a 4-bit model's linears.
     The model is returned in eval mode.
     """
-    with_processor = processor
+    with_processor, processor = processor, None  # the flag; then what is loaded
     key = str(spec)
     if key in named.NAMED:
         model, processor = _load_named(key, dtype, device_map, with_processor)

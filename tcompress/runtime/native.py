@@ -67,8 +67,7 @@ def linear_struct(module: nn.Module, name: str) -> LinearStruct:
         if module.input_scale is not None or module.outlier_index is not None or module.input_quantizer is not None:
             raise Unsupported(f"{name} has an input scale, outlier columns or an activation quantizer")
         return LinearStruct(module.qweight.data_ptr(), module.scales.data_ptr(), module.zeros.data_ptr(),
-                            _pointer(bias), module.out_features, module.in_features,
-                            module.grid.group_size or module.in_features,
+                            _pointer(bias), module.out_features, module.in_features, ops.group_of(module),
                             module.grid.bits)
     if type(module) is nn.Linear and module.in_features % 32 == 0:
         weight = _float32(module.weight, f"{name}.weight")
