@@ -66,3 +66,39 @@ def test_bad_input_is_refused():
     vit = build("vit")
     with pytest.raises(ValueError, match="must be an nn.Embedding"):
         tc.apply(vit, tc.quantize.EmbeddingQuant())
+
+
+def test_a_table_rounded_like_the_head_reads_the_heads_codes(tmp_path):
+    model = tied_llama()
+    separate = tied_llama()
+    for m in (model, separate):
+        tc.apply(m, tc.quantize.RTN(bits=8, group_size=32, head=True, include=("lm_head",)))
+    tc.apply(model, tc.quantize.EmbeddingQuant(bits=8, group_size=32))
+    tc.apply(separate, tc.quantize.EmbeddingQuant(bits=8, group_size=32, symmetric=True))  # other codes: a copy
+    shared = model.model.embed_tokens
+    assert shared.codes_from == "lm_head" and shared.nbytes() == 0
+    assert shared.qweight is model.lm_head.qweight and not list(shared.buffers())
+    assert separate.model.embed_tokens.codes_from is None and separate.model.embed_tokens.nbytes() > 0
+    own = QuantEmbedding.from_embedding(nn.Embedding.from_pretrained(tied_llama().lm_head.weight.detach()),
+                                        Grid(8, 32))
+    ids = torch.randint(0, 257, (2, 12))
+    assert torch.equal(shared(ids), own(ids))
+    logits = model(ids).logits
+    tc.save(model, tmp_path / "m", byte_tokenizer())
+    tc.save(separate, tmp_path / "s", byte_tokenizer())
+    size = lambda name: (tmp_path / name / "model.safetensors").stat().st_size
+    assert size("s") - size("m") >= separate.model.embed_tokens.nbytes()
+    loaded, _ = tc.load(tmp_path / "m")
+    assert loaded.model.embed_tokens.qweight is loaded.lm_head.qweight
+    assert torch.equal(loaded(ids).logits, logits)
+    plain = AutoModelForCausalLM.from_pretrained(export_hf(model, byte_tokenizer(), tmp_path / "plain"))
+    torch.testing.assert_close(plain(ids).logits, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_head_on_another_grid_keeps_its_own_codes():
+    model = tied_llama()
+    tc.apply(model, tc.quantize.RTN(bits=4, group_size=32, head=True, include=("lm_head",)))
+    tc.apply(model, tc.quantize.EmbeddingQuant(bits=8, group_size=32))
+    assert model.model.embed_tokens.codes_from is None
+    with pytest.raises(ValueError, match="keeps its own codes"):
+        model.model.embed_tokens.share(model.lm_head)

@@ -3,7 +3,11 @@ row decoded per token looked up. On the default model the fp32 table is 113 MB o
 at 8 bits, group 64, it is 32 MB (8.5 bits a value), and the lookup costs nothing measurable.
 
 A table tied to the output head is untied first: the head keeps its float weight (quantize it
-with `head=True` on a weight method), the embedding gets the codes.
+with `head=True` on a weight method), the embedding gets the codes. Where the head was
+quantized first and the table rounded on the head's grid gives the head's very codes (a tied
+head rounded to nearest), the embedding reads the head's codes instead of keeping a copy:
+one table in memory and on disk, as for the tied float model (28 MB saved on the default
+model at 8 bits).
 """
 
 from __future__ import annotations
@@ -20,15 +24,20 @@ from tcompress.quantize.grid import Grid, dequantize_codes, expand, quantize_wei
 
 class QuantEmbedding(nn.Module):
     """An embedding table as packed codes `qweight` uint8 `[num, packed]` with fp16 `scales` and
-    `zeros` `[num, groups]`; looking up a token decodes its row."""
+    `zeros` `[num, groups]`; looking up a token decodes its row. With `codes_from` (the output
+    head's module name) it holds no buffers and reads the head's, once `share` linked them."""
 
     format = "quant_embedding"
 
     def __init__(self, num_embeddings: int, embedding_dim: int, grid: Grid, dtype: torch.dtype = torch.float32,
-                 padding_idx: int | None = None):
+                 padding_idx: int | None = None, codes_from: str | None = None):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.grid = num_embeddings, embedding_dim, grid
         self.padding_idx, self.compute_dtype = padding_idx, dtype
+        self.codes_from = codes_from
+        self._head: list[nn.Module] = []  # the module whose codes a shared table reads (not a submodule)
+        if codes_from is not None:
+            return
         groups = grid.groups_of(embedding_dim)
         self.register_buffer("qweight", torch.zeros(num_embeddings, packed_bytes_per_row(embedding_dim, grid.bits),
                                                     dtype=torch.uint8))
@@ -45,15 +54,43 @@ class QuantEmbedding(nn.Module):
         module.zeros.copy_(zeros.to(torch.float16))
         return module
 
+    def __getattr__(self, name: str):
+        head = self.__dict__.get("_head")
+        if head and name in ("qweight", "scales", "zeros"):
+            return getattr(head[0], name)
+        return super().__getattr__(name)
+
+    def share(self, head: nn.Module) -> None:
+        """Read the codes of `head` (a QuantLinear `[num, dim]` on this grid) from now on."""
+        if self.codes_from is None:
+            raise ValueError("share: this embedding keeps its own codes (built without codes_from)")
+        self._head[:] = [head]
+
+    @classmethod
+    def sharing(cls, head: nn.Module, head_name: str, padding_idx: int | None = None) -> QuantEmbedding:
+        """An embedding that reads the codes of the output head `head` (named `head_name` in the model)."""
+        module = cls(head.out_features, head.in_features, head.grid, dtype=head.compute_dtype,
+                     padding_idx=padding_idx, codes_from=head_name)
+        module.share(head)
+        return module
+
     def layout(self) -> dict:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.grid.bits,
-                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "padding_idx": self.padding_idx}
+                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "padding_idx": self.padding_idx,
+                "codes_from": self.codes_from}
 
     @classmethod
     def from_layout(cls, layout: dict, dtype: torch.dtype) -> QuantEmbedding:
         grid = Grid(layout["bits"], layout["group_size"], layout["symmetric"])
         return cls(layout["num_embeddings"], layout["embedding_dim"], grid, dtype=dtype,
-                   padding_idx=layout.get("padding_idx"))
+                   padding_idx=layout.get("padding_idx"), codes_from=layout.get("codes_from"))
+
+    @classmethod
+    def after_load(cls, model: nn.Module) -> None:
+        """Link the tables that read an output head's codes to that head."""
+        for module in model.modules():
+            if isinstance(module, cls) and module.codes_from is not None:
+                module.share(model.get_submodule(module.codes_from))
 
     @property
     def weight(self) -> Tensor:
@@ -79,6 +116,9 @@ class QuantEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.grid.bits}, group={self.grid.group_size}"
 
     def nbytes(self) -> int:
+        """Bytes this table holds (none when it reads the head's codes)."""
+        if self.codes_from is not None:
+            return 0
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
 
 
@@ -109,5 +149,21 @@ class EmbeddingQuant(ModelMethod):
         if head is not None and getattr(head, "weight", None) is embedding.weight:
             head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
             model.config.tie_word_embeddings = False
-        model.set_input_embeddings(QuantEmbedding.from_embedding(embedding, Grid(self.bits, self.group_size,
-                                                                                 self.symmetric)))
+        table = QuantEmbedding.from_embedding(embedding, Grid(self.bits, self.group_size, self.symmetric))
+        model.set_input_embeddings(shared_with_head(model, table) or table)
+
+
+def shared_with_head(model: nn.Module, table: QuantEmbedding) -> QuantEmbedding | None:
+    """A table that reads the output head's codes, where the head is a plain QuantLinear
+    holding exactly `table`'s codes, scales and zeros; else None."""
+    from tcompress.quantize.formats import QuantLinear
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, QuantLinear) or head.bias is not None or head.input_scale is not None \
+            or head.outlier_index is not None or head.input_quantizer is not None:
+        return None
+    if not all(getattr(head, name).shape == getattr(table, name).shape
+               and torch.equal(getattr(head, name), getattr(table, name)) for name in ("qweight", "scales", "zeros")):
+        return None
+    name = next(name for name, module in model.named_modules() if module is head)
+    return QuantEmbedding.sharing(head, name, padding_idx=table.padding_idx)
