@@ -3,9 +3,14 @@ machine, through transformers' own forward and through tcompress's decoder, and 
 memory each takes. One table (printed, and JSON), one latency-vs-batch PNG.
 
 Each model is measured in a fresh process, so its peak RSS is its own. W8 and W4 are
-round-to-nearest, group 64, with an 8-bit output head and 8-bit embeddings (speed does not depend on how the codes
-were chosen; pass --w4 DIR to measure a saved GPTQ/AWQ model instead). Beside the figures: the
+round-to-nearest, group 64, with an 8-bit output head and 8-bit embeddings read from the head's
+codes (the model's embeddings are tied); speed does not depend on how the codes were chosen
+(pass --w4 DIR to measure a saved GPTQ/AWQ model instead). Beside the figures: the
 memory-bandwidth bound, bytes read per token / measured read bandwidth.
+
+Engines: "hf" is transformers' `generate`; "tcompress" is `tcompress.runtime.Decoder` on the
+model `tc.load` gives; "lean" is the same decoder on `load_for_decoding`'s modules, in a process
+that never imports transformers' model code (about 120 MB of Python modules).
 
 The llama.cpp rows (where `llama-cpp-python` is installed) run the same model through
 llama.cpp: an F32 GGUF written by tcompress's exporter, and Q8_0 / Q4_0 made from it by
@@ -31,8 +36,9 @@ import tcompress as tc
 from tcompress.eval.latency import BenchReport, BenchRow, PeakMemory
 from tcompress.export.verify import llama_cpp_available
 
-ROWS = ("fp32:hf", "fp32:tcompress", "w8:hf", "w8:tcompress", "w4:hf", "w4:tcompress", "f32:llama.cpp",
-        "q8_0:llama.cpp", "q4_0:llama.cpp")
+ROWS = ("fp32:hf", "fp32:tcompress", "w8:hf", "w8:tcompress", "w8:lean", "w4:hf", "w4:tcompress", "w4:lean",
+        "f32:llama.cpp", "q8_0:llama.cpp", "q4_0:llama.cpp")
+DECODER_ENGINES = ("tcompress", "lean")
 LLAMA_CPP_TYPES = {"f32": 0, "q8_0": 7, "q4_0": 2}  # llama_ftype: ALL_F32, MOSTLY_Q8_0, MOSTLY_Q4_0
 
 
@@ -128,7 +134,12 @@ def measure(args, spec: str, engine: str) -> dict:
     if engine == "llama.cpp":
         return measure_llama_cpp(args, spec)
     baseline = psutil.Process().memory_info().rss
-    model, _ = tc.load(spec, processor=False)  # token ids in, logits out: no tokenizer in memory
+    if engine == "lean":
+        from tcompress.runtime.lean import load_for_decoding
+
+        model = load_for_decoding(spec)
+    else:
+        model, _ = tc.load(spec, processor=False)  # token ids in, logits out: no tokenizer in memory
     model.eval()
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), generator=generator)
@@ -141,7 +152,7 @@ def measure(args, spec: str, engine: str) -> dict:
     prefill_once = prefiller(model, engine, args.prefill)
     prefill = min(timed(lambda: prefill_once(long_prompt)) for _ in range(2))
     settings = tc.BenchSettings(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), seqlen=args.prompt,
-                                new_tokens=16, repeats=3, engine=engine)
+                                new_tokens=16, repeats=3, engine="tcompress" if engine == "lean" else engine)
     report = tc.bench({f"{name_of(spec)} ({engine})": model}, settings, disk=False, progress=False)
     return {"decode_tok_s": (args.new_tokens - 1) / (full - one), "prefill_tok_s": args.prefill / prefill,
             "peak_rss_mb": memory.peak / 2**20, "model_rss_mb": (memory.peak - baseline) / 2**20,
@@ -189,7 +200,7 @@ def measure_llama_cpp(args, path: str) -> dict:
 
 def generator_for(model, engine: str, max_length: int):
     """`generate(prompt, new_tokens)`, greedy, through the chosen engine."""
-    if engine == "tcompress":
+    if engine in DECODER_ENGINES:
         from tcompress.runtime import Decoder
 
         decoder = Decoder(model, max_length=max_length)
@@ -205,7 +216,7 @@ def generator_for(model, engine: str, max_length: int):
 
 def prefiller(model, engine: str, length: int):
     """`prefill(prompt)` through the chosen engine (its decoder built here, outside the timing)."""
-    if engine == "tcompress":
+    if engine in DECODER_ENGINES:
         from tcompress.runtime import Decoder
 
         return Decoder(model, max_length=length, batch_size=1).prefill

@@ -10,24 +10,29 @@ linear of a block in one group; a module with no such stack is one block by itse
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field, replace
 
 from torch import Tensor, nn
-from transformers.pytorch_utils import Conv1D
 
 log = logging.getLogger(__name__)
 
-LINEAR_TYPES = (nn.Linear, Conv1D)
+
+
+def conv1d_type() -> type | tuple:
+    """transformers' `Conv1D` (GPT-2's linears) once transformers' model code is loaded, else
+    an empty tuple: no model can hold one before, and tcompress imports without transformers."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", ())
 
 
 def is_linear(module: nn.Module) -> bool:
     """True for `nn.Linear` and GPT-2's `Conv1D` (a linear stored transposed)."""
-    return isinstance(module, LINEAR_TYPES)
+    return isinstance(module, (nn.Linear, conv1d_type()))
 
 
 def linear_weight(module: nn.Module) -> Tensor:
     """The weight of a linear as `[out, in]`, a view (Conv1D stores `[in, out]`)."""
-    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+    return module.weight.t() if isinstance(module, conv1d_type()) else module.weight
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from tcompress.export.checkpoint import Record, drop_gguf_marker, save
 from tcompress.export.packed import load_packed
@@ -89,10 +87,12 @@ def _load_named(name: str, dtype, device_map, with_processor: bool = True) -> tu
 
 
 def _load_gguf(path: Path, dtype, with_processor: bool = True) -> tuple[nn.Module, Any]:
+    import transformers
+
     try:
         processor = (transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
                      if with_processor else None)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     except (ValueError, KeyError, IndexError, EOFError) as error:
         raise UnsupportedArchitectureError(f"cannot read GGUF file {str(path)!r} (corrupted, truncated, or of an "
                                            f"architecture transformers cannot build): {error}") from error
@@ -102,8 +102,10 @@ def _load_gguf(path: Path, dtype, with_processor: bool = True) -> tuple[nn.Modul
 
 
 def _load_folder(source: str | Path, dtype, device_map, with_processor: bool = True) -> tuple[nn.Module, Any]:
+    import transformers  # here, not at import: tcompress's runtime imports without it
+
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = transformers.AutoConfig.from_pretrained(source)
     except ValueError as error:
         raise UnsupportedArchitectureError(f"cannot read the config of {str(source)!r}: {error}") from error
     except OSError as error:
@@ -121,6 +123,8 @@ def _load_folder(source: str | Path, dtype, device_map, with_processor: bool = T
 
 def _model_class(config) -> type:
     """The transformers class named by the config, else the causal-LM or base auto class."""
+    import transformers
+
     for architecture in config.architectures or ():
         model_class = getattr(transformers, architecture, None)
         if model_class is None:
@@ -129,11 +133,13 @@ def _model_class(config) -> type:
             )
         return model_class
     causal = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING
-    return AutoModelForCausalLM if type(config) in causal else AutoModel
+    return transformers.AutoModelForCausalLM if type(config) in causal else transformers.AutoModel
 
 
 def _load_processor(source: str | Path) -> Any:
     """The tokenizer, else the image processor, else None."""
+    import transformers
+
     folder = Path(source)
     if folder.is_dir():
         if any((folder / name).exists() for name in TOKENIZER_FILES):

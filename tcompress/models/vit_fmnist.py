@@ -17,11 +17,14 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import transformers
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import transformers
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,15 @@ ARCHITECTURE = dict(image_size=28, patch_size=4, num_channels=1, hidden_size=96,
 
 def processor() -> transformers.ViTImageProcessor:
     """Pixels to model inputs: scale to [0, 1], normalise; no resizing."""
+    import transformers  # here: tcompress imports without transformers
+
     return transformers.ViTImageProcessor(do_resize=False, do_rescale=True, rescale_factor=1 / 255,
                                           do_normalize=True, image_mean=[MEAN], image_std=[STD])
 
 
 def new_model(classes: list[str], seed: int = 0) -> transformers.ViTForImageClassification:
+    import transformers
+
     torch.manual_seed(seed)
     config = transformers.ViTConfig(**ARCHITECTURE, num_labels=len(classes),
                                     id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)})

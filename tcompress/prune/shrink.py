@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers.pytorch_utils import Conv1D
 
 from tcompress.methods import replace_module
-from tcompress.models.adapters import Adapter, Block, linear_weight
+from tcompress.models.adapters import Adapter, Block, conv1d_type, linear_weight
 
 
 def keep_outputs(linear: nn.Module, index: Tensor) -> nn.Module:
@@ -28,8 +27,8 @@ def keep_inputs(linear: nn.Module, index: Tensor) -> nn.Module:
 
 def _rebuilt(linear: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
     out_features, in_features = weight.shape
-    if isinstance(linear, Conv1D):
-        new = Conv1D(out_features, in_features)
+    if isinstance(linear, conv1d_type()):
+        new = type(linear)(out_features, in_features)
         new.weight.data = weight.t().contiguous().clone()
         new.bias.data = bias.clone() if bias is not None else torch.zeros(out_features, dtype=weight.dtype)
         return new.to(weight.device)
