@@ -203,3 +203,25 @@ def test_training_commands_refuse_bad_settings(tiny_folder, tmp_path, capsys, ar
     assert main(["-q", *argv, "--out", str(tmp_path / "x")]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_generate_continues_the_prompt_through_the_lean_decoder(tiny_folder, tokenizer, capsys):
+    import torch
+
+    from tcompress.runtime import Decoder
+
+    model, _ = tc.load(tiny_folder)
+    prompt = tokenizer("def f(x):")["input_ids"]
+    tokens = Decoder(model, max_length=len(prompt) + 6).generate(torch.tensor([prompt]), 6)[0, len(prompt):].tolist()
+    eos = model.config.eos_token_id
+    tokens = tokens[:tokens.index(eos)] if eos in tokens else tokens
+    assert main(["-q", "generate", tiny_folder, "--prompt", "def f(x):", "--max-new-tokens", "6", "--stats"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == tokenizer.decode(tokens) + "\n"
+    assert re.search(r"decode steps at [\d.]+ tokens/s; peak RSS \d+ MB", captured.err)
+
+
+def test_generate_needs_a_folder_with_a_tokenizer(tmp_path, capsys):
+    tc.save(build("llama"), tmp_path / "m")
+    assert main(["-q", "generate", str(tmp_path / "m"), "--prompt", "x"]) == 2
+    assert "expected a saved model folder with tokenizer.json" in capsys.readouterr().err
