@@ -7,8 +7,8 @@ Rows: fp32; W8A8, W6A6, W4A4 with min-max uniform quantizers and with the ViT-sp
 merging (ToMe) at several r; heads and MLP channels pruned to 75% of the block parameters
 (`Structured`), before and after logit distillation from the fp32 model on the training
 images. Columns: Fashion-MNIST test accuracy, images/s at batch 1, 16 and 64 (forward,
-median of repeats, in one `tc.bench` run), parameters and bytes. Calibration: 128
-training images. Writes `vision.json`, `vision_bench.json` and `vision_bench.png`.
+median of repeats, in one `tc.bench` run whose rounds time every model in turn), parameters
+and bytes. Calibration: 128 training images. Writes `vision.json`, `vision_bench.json` and `vision_bench.png`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--r", default="2,4,6", help="ToMe: tokens merged per block, comma-separated")
     parser.add_argument("--distill-steps", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="tc.bench rounds: every model timed in turn")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     out = Path(args.out)
@@ -74,7 +75,8 @@ def main() -> None:
                                  teacher=model, out=out / "vision-distill")
     add("pruned 75% + logit KD", pruned, history.seconds, bench=True, images_trained=history.samples)
 
-    report = tc.bench(timed, tc.BenchSettings(batch_sizes=(1, 16, 64), repeats=args.repeats, warmup=2), disk=False)
+    report = tc.bench(timed, tc.BenchSettings(batch_sizes=(1, 16, 64), repeats=args.repeats, warmup=2,
+                                                    rounds=args.rounds), disk=False)
     for row in rows:
         for bench_row in (b for b in report.rows if b.model == row["model"]):
             row[f"img/s b{bench_row.batch}"] = bench_row.throughput

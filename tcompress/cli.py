@@ -93,7 +93,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     import tcompress as tc
 
     settings = tc.BenchSettings(batch_sizes=tuple(args.batch_sizes), seqlen=args.seqlen, new_tokens=args.new_tokens,
-                                repeats=args.repeats, warmup=args.warmup, engine=args.engine)
+                                repeats=args.repeats, warmup=args.warmup, engine=args.engine, rounds=args.rounds)
     models = {spec: tc.load(spec)[0] for spec in args.models}
     report = tc.bench(models, settings)
     out = Path(args.out)
@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=_positive, default=32, help="decode steps per run (default 32)")
     bench.add_argument("--repeats", type=_positive, default=5, help="timed runs; the median is reported")
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    bench.add_argument("--rounds", type=_positive, default=1,
+                       help="measure every model this many times in turn and keep the median round (default 1; "
+                       "3 or more on a shared machine)")
     bench.add_argument("--engine", choices=("auto", "hf", "tcompress"), default="auto",
                        help="LM decoding: tcompress's static-cache decoder (Llama family), the model's own "
                        "forward and cache (hf), or auto: the decoder where it applies (default)")

@@ -33,9 +33,20 @@ def test_bench_encoder_and_image_classifier():
     assert report.models[0].bytes_on_disk is None
 
 
+def test_rounds_keep_the_median_round_of_each_model():
+    from dataclasses import replace
+
+    report = tc.bench({"vit": build("vit")}, replace(FAST, rounds=3, batch_sizes=(1, 2)), disk=False, progress=False)
+    assert [(r.model, r.batch) for r in report.rows] == [("vit", 1), ("vit", 2)]
+    rows = [tc.eval.latency.BenchRow("m", "forward", 1, 8, latency, 1000 / latency, peak)
+            for latency, peak in ((5.0, 10.0), (9.0, 30.0), (7.0, 20.0))]
+    (median,) = tc.eval.latency.median_rows(rows)
+    assert (median.latency_ms, median.throughput, median.peak_memory_mb) == (7.0, 1000 / 7.0, 30.0)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"batch_sizes": ()}, "batch_sizes"), ({"batch_sizes": (1, 0)}, "batch_sizes"),
-    ({"repeats": 0}, "repeats"), ({"warmup": -1}, "warmup"),
+    ({"repeats": 0}, "repeats"), ({"warmup": -1}, "warmup"), ({"rounds": 0}, "rounds"),
 ])
 def test_bad_bench_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,13 +38,16 @@ class BenchSettings:
     repeats: int = 5
     warmup: int = 1
     engine: str = "auto"  # LMs: "hf" (the model's forward and cache), "tcompress" (runtime.Decoder), "auto"
+    # every model measured this many times in turn, the median kept: on a shared machine a slow
+    # spell then slows every model a little instead of one model a lot
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if not self.batch_sizes or any(not isinstance(b, int) or b <= 0 for b in self.batch_sizes):
             raise ValueError(f"batch_sizes must be positive integers, got {self.batch_sizes!r}")
-        for name in ("seqlen", "new_tokens", "repeats"):
+        for name in ("seqlen", "new_tokens", "repeats", "rounds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.warmup < 0:
@@ -307,12 +310,27 @@ def bench(models: dict[str, nn.Module] | nn.Module, settings: BenchSettings | No
     for name, model in models.items():
         size = disk_bytes(model) if disk else None
         report.models.append(ModelFacts(name, kinds[name], parameter_count(model), tensor_bytes(model), size))
+    measured: list[BenchRow] = []
     with torch.inference_mode():
-        for name, batch in tqdm(jobs, desc="bench", disable=not progress):
+        for name, batch in tqdm(jobs * settings.rounds, desc="bench", disable=not progress):
             model, kind = models[name], kinds[name]
             model.eval()
             if kind == "causal-lm":
-                report.rows += _bench_causal_lm(name, model, batch, settings)
+                measured += _bench_causal_lm(name, model, batch, settings)
             else:
-                report.rows += _bench_forward(name, model, kind, batch, settings)
+                measured += _bench_forward(name, model, kind, batch, settings)
+    report.rows = median_rows(measured)
     return report
+
+
+def median_rows(rows: list[BenchRow]) -> list[BenchRow]:
+    """One row per model, phase and batch: the median latency of its rounds (throughput from
+    the same round), the highest peak memory; in first-seen order."""
+    groups: dict[tuple, list[BenchRow]] = {}
+    for row in rows:
+        groups.setdefault((row.model, row.phase, row.batch), []).append(row)
+    merged = []
+    for group in groups.values():
+        middle = sorted(group, key=lambda r: r.latency_ms)[(len(group) - 1) // 2]
+        merged.append(replace(middle, peak_memory_mb=max(r.peak_memory_mb for r in group)))
+    return merged
