@@ -243,7 +243,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             token = int(decoder.step(torch.tensor([token])).argmax(-1))
             new.append(token)
         done = time.perf_counter()
-    _show(tokenizer.decode(new[:-1] if token in stop else new), shown)
+    _show(tokenizer.decode(new[:-1] if token in stop else new), shown, final=True)
     print()
     if args.stats:
         steps = len(new) - 1
@@ -252,9 +252,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
               file=sys.stderr)
 
 
-def _show(text: str, shown: str) -> str:
-    """Print what `text` adds to what was printed (whole characters only)."""
-    if text.startswith(shown) and not text.endswith("\ufffd"):
+def _show(text: str, shown: str, final: bool = False) -> str:
+    """Print what `text` adds to what was printed: whole characters only, until the `final` text."""
+    if text.startswith(shown) and (final or not text.endswith("\ufffd")):
         print(text[len(shown):], end="", flush=True)
         return text
     return shown
