@@ -162,8 +162,7 @@ def shared_with_head(model: nn.Module, table: QuantEmbedding) -> QuantEmbedding 
     if not isinstance(head, QuantLinear) or head.bias is not None or head.input_scale is not None \
             or head.outlier_index is not None or head.input_quantizer is not None:
         return None
-    if not all(getattr(head, name).shape == getattr(table, name).shape
-               and torch.equal(getattr(head, name), getattr(table, name)) for name in ("qweight", "scales", "zeros")):
+    if not all(torch.equal(getattr(head, name), getattr(table, name)) for name in ("qweight", "scales", "zeros")):
         return None
     name = next(name for name, module in model.named_modules() if module is head)
     return QuantEmbedding.sharing(head, name, padding_idx=table.padding_idx)

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from tcompress.export.checkpoint import Record
 from tcompress.export.packed import load_packed
+from tcompress.runtime.decoder import FAMILIES
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "llama3")
 
 
@@ -57,8 +57,7 @@ def read_config(path: Path) -> SimpleNamespace:
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
         raise ValueError(f"{str(path)!r}: partial rotary embeddings are not computed by the lean loader "
                          f"(load the model with tc.load instead)")
-    values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
-    values["head_dim"] = values["head_dim"] or values["hidden_size"] // values["num_attention_heads"]
+    values["head_dim"] = values.get("head_dim") or values["hidden_size"] // values["num_attention_heads"]
     values.setdefault("num_key_value_heads", values["num_attention_heads"])
     values["rope"] = {**rope, "rope_type": rope_type,
                       "rope_theta": rope.get("rope_theta", values.get("rope_theta", 10000.0))}
