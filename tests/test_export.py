@@ -41,9 +41,9 @@ def test_q4_0_blocks_match_the_gguf_reference():
 def test_gguf_written_from_codes_is_lossless(pair, tmp_path, qtype, bits):
     model, tok = pair
     quantized = tc.apply(copy.deepcopy(model), tc.quantize.RTN(bits=bits, group_size=32, symmetric=True))
-    result = export_gguf(quantized, tok, tmp_path / "m.gguf", qtype, embeddings="f32")
-    assert result.tensors == 2 + 2 * 9 + 1  # embeddings, 9 per block, final norm (the head is tied)
-    assert result.from_codes == 14 and result.requantized == 0
+    result = export_gguf(quantized, tok, tmp_path / "m.gguf", qtype)  # the float table stays F32
+    assert result.tensors == 2 + 2 * 9 + 1  # embeddings, 9 per block, final norm, head
+    assert result.from_codes == 14 and result.requantized == 0 and result.embeddings == "f32"
     loaded, loaded_tok = tc.load(tmp_path / "m.gguf")
     layer, ours = loaded.model.layers[1], quantized.model.layers[1]
     for name in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"):
@@ -61,6 +61,20 @@ def test_gguf_requantizes_other_grids(pair, tmp_path):
     assert result.from_codes == 0 and result.requantized == 14
     check = compare(quantized, tc.load(tmp_path / "m.gguf")[0], tok)
     assert check.kl < 0.01
+
+
+def test_gguf_embedding_table_type(pair, tmp_path):
+    model, tok = pair
+    rounded = export_gguf(model, tok, tmp_path / "q.gguf", "q8_0", embeddings="q8_0")
+    assert rounded.requantized == 2 and rounded.embeddings == "q8_0"  # float table and head rounded: said so
+    table = tc.load(tmp_path / "q.gguf")[0].get_input_embeddings().weight
+    assert not torch.equal(table, model.get_input_embeddings().weight)
+    eight_bit = tc.apply(copy.deepcopy(model), tc.quantize.RTN(bits=8, group_size=32, symmetric=True, head=True))
+    tc.apply(eight_bit, tc.quantize.EmbeddingQuant(bits=8, group_size=32, symmetric=True))
+    result = export_gguf(eight_bit, tok, tmp_path / "e.gguf", "q8_0")
+    assert result.embeddings == "q8_0" and result.requantized == 0  # 8-bit table and head on Q8_0's grid, as they are
+    torch.testing.assert_close(tc.load(tmp_path / "e.gguf")[0].get_input_embeddings().weight,
+                               eight_bit.get_input_embeddings().dequantize(torch.float32), rtol=0, atol=0)
 
 
 def test_float_gguf_holds_the_weights_as_they_are(pair, tmp_path):

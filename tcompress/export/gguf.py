@@ -1,8 +1,10 @@
 """Export to GGUF (llama.cpp, and transformers' GGUF loader) for Llama-family models.
 
 Block linears are written as Q8_0 or Q4_0 (blocks of 32 inputs with an fp16 scale), or in
-float (F16 / F32: a file for llama.cpp's own quantizer), the
-embeddings and an untied head as Q8_0 (or F16 / F32: `embeddings=`), the norms in F32. A
+float (F16 / F32: a file for llama.cpp's own quantizer), the norms in F32, the embedding
+table and an untied head by default in the type that holds them as the model has them: Q8_0
+for an 8-bit table, else the table's float type (`embeddings="q8_0"` makes a float table
+4x smaller at some cost in agreement, and counts it as requantized). A
 `QuantLinear` on the type's own grid (8 or 4 bits, groups of 32, symmetric: `value =
 d * (code - 2^(bits-1))`) is written from its codes and scales as they are, losslessly;
 any other weight is dequantized and requantized (the export says how many).
@@ -44,15 +46,17 @@ class GGUFExport:
     path: Path
     tensors: int
     from_codes: int  # linears written from their own codes, losslessly
-    requantized: int  # linears dequantized and requantized to the file's type
+    requantized: int  # linears (and tables) dequantized and requantized, or float ones rounded, to the file's type
+    embeddings: str = "f32"  # the embedding table's type
 
 
 def export_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, qtype: str = "q4_0",
-                embeddings: str = "q8_0") -> GGUFExport:
-    """Write `model` (Llama family) with `tokenizer` to the GGUF file `path`."""
+                embeddings: str | None = None) -> GGUFExport:
+    """Write `model` (Llama family) with `tokenizer` to the GGUF file `path`; `embeddings`:
+    the type of the embedding table and an untied head (default: `table_type` of each)."""
     if qtype not in FILE_TYPES:
         raise ValueError(f"qtype must be one of {sorted(FILE_TYPES)}, got {qtype!r}")
-    if embeddings not in TYPES:
+    if embeddings is not None and embeddings not in TYPES:
         raise ValueError(f"embeddings must be one of {sorted(TYPES)}, got {embeddings!r}")
     parts = adapter(model)
     if parts.family is None or parts.family.name != "llama":
@@ -73,7 +77,28 @@ def export_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, qtype
     writer.write_tensors_to_file()
     writer.close()
     tmp.replace(path)
-    return GGUFExport(path, counts["tensors"], counts["from_codes"], counts["requantized"])
+    return GGUFExport(path, counts["tensors"], counts["from_codes"], counts["requantized"],
+                      embeddings or table_type(model.get_input_embeddings()))
+
+
+def table_type(module: nn.Module) -> str:
+    """The GGUF type that holds an embedding table (or output head) as it is: Q8_0 for an
+    8-bit one, else F16 for a 16-bit float one and F32 for any other."""
+    grid = getattr(module, "grid", None)
+    if grid is not None:
+        return "q8_0" if grid.bits == 8 else "f32"
+    return "f16" if module.weight.dtype == torch.float16 else "f32"
+
+
+def _table(module: nn.Module, kind: str, counts: dict) -> tuple[np.ndarray, Any]:
+    """An embedding table or output head in the type `kind`; counted as requantized where
+    that rounds it (a float table to a quantized type, or a table on another grid)."""
+    grid = getattr(module, "grid", None)
+    own = grid is not None and grid.bits == OWN_GRIDS.get(kind) and grid.group_size == 32 and grid.symmetric
+    if own:
+        return (q4_0_blocks if kind == "q4_0" else q8_0_blocks)(module.codes(), module.scales), TYPES[kind]
+    counts["requantized"] += kind in OWN_GRIDS
+    return _quantized(_weight(module), kind), TYPES[kind]
 
 
 def _metadata(writer: gguf.GGUFWriter, config: Any, qtype: str) -> None:
@@ -125,9 +150,10 @@ def _tokenizer(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> None
     writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
 
 
-def _tensors(model: nn.Module, config: Any, qtype: str, embeddings: str, counts: dict):
+def _tensors(model: nn.Module, config: Any, qtype: str, embeddings: str | None, counts: dict):
     state = {name: module for name, module in model.named_modules()}
-    yield "token_embd.weight", _quantized(model.get_input_embeddings().weight, embeddings), TYPES[embeddings]
+    table = model.get_input_embeddings()
+    yield "token_embd.weight", *_table(table, embeddings or table_type(table), counts)
     for index in range(config.num_hidden_layers):
         prefix = f"model.layers.{index}"
         for source, target in BLOCK_NAMES.items():
@@ -140,8 +166,8 @@ def _tensors(model: nn.Module, config: Any, qtype: str, embeddings: str, counts:
             yield name, *_linear(module, qtype, heads, counts)
     yield "output_norm.weight", model.model.norm.weight.detach().float().numpy(), gguf.GGMLQuantizationType.F32
     head = model.get_output_embeddings()
-    if head is not None and head.weight is not model.get_input_embeddings().weight:
-        yield "output.weight", _quantized(_weight(head), embeddings), TYPES[embeddings]
+    if head is not None and getattr(head, "weight", None) is not getattr(table, "weight", table):
+        yield "output.weight", *_table(head, embeddings or table_type(head), counts)
 
 
 def _linear(module: nn.Module, qtype: str, heads: int | None, counts: dict) -> tuple[np.ndarray, Any]:

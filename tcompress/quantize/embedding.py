@@ -97,6 +97,10 @@ class QuantEmbedding(nn.Module):
         """The whole table, decoded (for code that reads `embedding.weight`; lookups do not)."""
         return self.decode(self.qweight, self.scales, self.zeros)
 
+    def codes(self) -> Tensor:
+        """The table's integer codes `[num, dim]`."""
+        return unpack(self.qweight, self.grid.bits, self.embedding_dim)
+
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
         return self.weight.to(dtype or self.compute_dtype)
 
