@@ -51,11 +51,12 @@ class MergingBlock(nn.Module):
         attention = self.block.attention
         b, n, _ = x.shape
         shape = (b, n, -1, attention.head_dim)
-        q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
+        q, k, v = (proj(x).view(shape) for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
         bias = None if self.sizes.value is None else self.sizes.value.log()[:, None, None, :, 0]  # [b, 1, 1, n]
-        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attention.scaling)
+        out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                         attn_mask=bias, scale=attention.scaling)
         out = out.transpose(1, 2).reshape(b, n, -1)
-        return attention.o_proj(out), k.mean(1)
+        return attention.o_proj(out), k.mean(2)
 
 
 def merge(x: Tensor, metric: Tensor, sizes: Tensor | None, r: int, protected: int) -> tuple[Tensor, Tensor]:
@@ -63,23 +64,20 @@ def merge(x: Tensor, metric: Tensor, sizes: Tensor | None, r: int, protected: in
     `metric` `[b, n, k]`, size-weighted. The first `protected` tokens stay first and
     unmerged; the others alternate between the two sets."""
     b, n, d = x.shape
-    sizes = torch.ones(b, n, 1, dtype=x.dtype, device=x.device) if sizes is None else sizes
     unit = metric[:, protected:] / metric[:, protected:].norm(dim=-1, keepdim=True)
     best, match = (unit[:, ::2] @ unit[:, 1::2].transpose(-1, -2)).max(dim=-1)  # per token of set a: [b, n_a]
     order = best.argsort(dim=-1, descending=True)
     merged, kept = order[:, :r], order[:, r:].sort(dim=-1).values  # kept tokens stay in their order
     target = match.gather(1, merged)  # [b, r]
-
-    def combine(values: Tensor) -> Tensor:
-        head, body = values[:, :protected], values[:, protected:]
-        src, dst = body[:, ::2], body[:, 1::2]
-        c = values.shape[-1]
-        moved = src.gather(1, merged[..., None].expand(b, r, c))
-        dst = dst.scatter_reduce(1, target[..., None].expand(b, r, c), moved, reduce="sum")
-        return torch.cat([head, src.gather(1, kept[..., None].expand(b, kept.shape[1], c)), dst], dim=1)
-
-    sizes_after = combine(sizes)
-    return combine(x * sizes) / sizes_after, sizes_after
+    # the size-weighted tokens and their sizes side by side, so one gather and one scatter merge both
+    weighted = torch.cat([x, x.new_ones(b, n, 1)], dim=-1) if sizes is None else torch.cat([x * sizes, sizes], dim=-1)
+    head, body = weighted[:, :protected], weighted[:, protected:]
+    src, dst = body[:, ::2], body[:, 1::2]
+    moved = src.gather(1, merged[..., None].expand(b, r, d + 1))
+    dst = dst.scatter_reduce(1, target[..., None].expand(b, r, d + 1), moved, reduce="sum")
+    out = torch.cat([head, src.gather(1, kept[..., None].expand(b, kept.shape[1], d + 1)), dst], dim=1)
+    sizes_after = out[..., d:]
+    return out[..., :d] / sizes_after, sizes_after
 
 
 def protected_tokens(model: nn.Module) -> int:
