@@ -261,10 +261,14 @@ def _show(text: str, shown: str, final: bool = False) -> str:
 
 
 def cmd_train_vit(args: argparse.Namespace) -> None:
-    from tcompress.models.vit_fmnist import train_vit_fmnist
+    from tcompress.models.vit_fmnist import train_cnn_teacher, train_vit_fmnist
 
+    teacher = None
+    if args.teacher == "cnn":
+        teacher, accuracy = train_cnn_teacher(epochs=args.teacher_epochs, seed=args.seed)
+        print(f"CNN teacher: test accuracy {accuracy:.4f} after {args.teacher_epochs} epochs")
     result = train_vit_fmnist(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              augmented=args.augmented, start=args.start)
+                              augmented=args.augmented, start=args.start, teacher=teacher)
     print(f"test accuracy {result['accuracy']:.4f} after {args.epochs} epochs in {result['seconds']:.0f} s; "
           f"wrote {args.out}")
 
@@ -445,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_vit.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     train_vit.add_argument("--augmented", action="store_true", help="random crops and flips (default off)")
     train_vit.add_argument("--start", metavar="DIR", help="train on from this saved model (default: from scratch)")
+    train_vit.add_argument("--teacher", choices=["none", "cnn"], default="none",
+                           help="cnn: first train a small CNN, then distil it into the ViT the DeiT way (hard "
+                           "labels of the teacher beside the true ones); default none")
+    train_vit.add_argument("--teacher-epochs", type=_positive, default=10, help="with --teacher cnn (default 10)")
     train_vit.add_argument("--seed", type=int, default=0, help="default 0")
     train_vit.set_defaults(run=cmd_train_vit)
     return parser

@@ -4,15 +4,19 @@ ViT tools (quantization, token merging) run on it; the training recipe's pieces 
 from __future__ import annotations
 
 import copy
+import types
+
+import numpy as np
 
 import pytest
 import torch
 
 import tcompress as tc
-from tcompress.models.vit_fmnist import augment, new_model
+from tcompress.models.vit_fmnist import FashionCNN, augment, new_model, train_cnn_teacher, train_vit_fmnist
 from tcompress.prune.tokens import merge_tokens
 
 from conftest import needs_fashion_mnist
+from test_data import write_idx
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +57,50 @@ def test_training_recipe_pieces():
     shifted = augment(pixels, torch.Generator().manual_seed(0))
     assert shifted.shape == pixels.shape
     assert not torch.equal(shifted, pixels)  # cropped somewhere or flipped
+
+
+def fake_fashion_mnist(folder, n=16, labels=None):
+    """IDX train and test files of random images, labels 0..9 (or those given)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for prefix in ("train", "t10k"):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10 if labels is None else labels)
+    return folder
+
+
+def test_cnn_teacher_then_distilled_vit(tmp_path, monkeypatch):
+    data = fake_fashion_mnist(tmp_path / "images")
+    teacher, accuracy = train_cnn_teacher(epochs=1, batch_size=8, data=str(data), progress=False)
+    assert isinstance(teacher, FashionCNN) and not teacher.training and 0 <= accuracy <= 1
+    asked = []
+    forward = teacher.forward
+    monkeypatch.setattr(teacher, "forward", lambda pixel_values: asked.append(pixel_values.shape) or forward(pixel_values))
+    result = train_vit_fmnist(tmp_path / "vit", epochs=1, batch_size=8, data=str(data), teacher=teacher, progress=False)
+    assert asked == [(8, 1, 28, 28)] * 2  # the teacher labelled every training batch
+    assert 0 <= result["accuracy"] <= 1
+    assert tc.load(tmp_path / "vit")[0].config.num_labels == 10
+
+
+def test_hard_distillation_pulls_towards_the_teacher(tmp_path):
+    """Almost every label is 0 and the teacher always answers 3: the student trained with it
+    gives 3 a large share of its probability, the one trained on the labels alone almost none."""
+    labels = np.zeros(32)
+    labels[-1] = 9  # ten classes
+    data = fake_fashion_mnist(tmp_path / "images", n=32, labels=labels)
+
+    class Three(torch.nn.Module):
+        def forward(self, pixel_values):
+            logits = torch.zeros(len(pixel_values), 10)
+            logits[:, 3] = 1
+            return types.SimpleNamespace(logits=logits)
+
+    def share_of_three(teacher, out):
+        train_vit_fmnist(tmp_path / out, epochs=2, batch_size=8, lr=3e-3, data=str(data), teacher=teacher,
+                         progress=False)
+        model, processor = tc.load(tmp_path / out)
+        images = tc.data.images(str(data), processor, split="test")
+        return model(pixel_values=images.pixel_values).logits.softmax(-1)[:, 3].mean().item()
+
+    taught, alone = share_of_three(Three(), "taught"), share_of_three(None, "alone")
+    assert taught > 0.25 and alone < 0.05
