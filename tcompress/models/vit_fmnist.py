@@ -16,7 +16,8 @@ The last two distil a CNN teacher (`FashionCNN`, 93.47% after `train_cnn_teacher
 epochs, 25 min, made again by each command) the DeiT way. DeiT's random crops and flips
 (`augmented=True`) slowed learning more than they helped over so few epochs (300 steps: 70%
 test accuracy with them, 79% without; 3 more epochs with them after the 8: 86.8%); a third
-cycle of 16 augmented epochs without a teacher reached 88.88%.
+cycle of 16 augmented epochs without a teacher reached 88.88%, and a fifth, distilled at
+learning rate 2e-4, 89.50%: this width has plateaued.
 """
 
 from __future__ import annotations
