@@ -93,12 +93,20 @@ def table_type(module: nn.Module) -> str:
 def _table(module: nn.Module, kind: str, counts: dict) -> tuple[np.ndarray, Any]:
     """An embedding table or output head in the type `kind`; counted as requantized where
     that rounds it (a float table to a quantized type, or a table on another grid)."""
-    grid = getattr(module, "grid", None)
-    own = grid is not None and grid.bits == OWN_GRIDS.get(kind) and grid.group_size == 32 and grid.symmetric
-    if own:
-        return (q4_0_blocks if kind == "q4_0" else q8_0_blocks)(module.codes(), module.scales), TYPES[kind]
+    if _on_own_grid(module, kind):
+        return _blocks(module.codes(), module.scales, kind), TYPES[kind]
     counts["requantized"] += kind in OWN_GRIDS
     return _quantized(_weight(module), kind), TYPES[kind]
+
+
+def _on_own_grid(module: nn.Module, kind: str) -> bool:
+    """Whether `module` holds codes on the grid the GGUF type `kind` stores as it is."""
+    grid = getattr(module, "grid", None)
+    return grid is not None and grid.bits == OWN_GRIDS.get(kind) and grid.group_size == 32 and grid.symmetric
+
+
+def _blocks(codes: Tensor, scales: Tensor, kind: str) -> np.ndarray:
+    return (q4_0_blocks if kind == "q4_0" else q8_0_blocks)(codes, scales)
 
 
 def _metadata(writer: gguf.GGUFWriter, config: Any, qtype: str) -> None:
@@ -166,19 +174,19 @@ def _tensors(model: nn.Module, config: Any, qtype: str, embeddings: str | None, 
             yield name, *_linear(module, qtype, heads, counts)
     yield "output_norm.weight", model.model.norm.weight.detach().float().numpy(), gguf.GGMLQuantizationType.F32
     head = model.get_output_embeddings()
-    if head is not None and getattr(head, "weight", None) is not getattr(table, "weight", table):
+    tied = isinstance(table, nn.Embedding) and getattr(head, "weight", None) is table.weight
+    if head is not None and not tied:
         yield "output.weight", *_table(head, embeddings or table_type(head), counts)
 
 
 def _linear(module: nn.Module, qtype: str, heads: int | None, counts: dict) -> tuple[np.ndarray, Any]:
-    grid = getattr(module, "grid", None)
-    if (isinstance(module, QuantLinear) and grid.bits == OWN_GRIDS.get(qtype) and grid.group_size == 32
-            and grid.symmetric and module.outliers == 0 and module.input_scale is None):
+    if (isinstance(module, QuantLinear) and _on_own_grid(module, qtype) and module.outliers == 0
+            and module.input_scale is None):
         counts["from_codes"] += 1
         codes, scales = module.codes(), module.scales
         if heads is not None:
             codes, scales = _rope_order(codes, heads), _rope_order(scales, heads)
-        return (q4_0_blocks if qtype == "q4_0" else q8_0_blocks)(codes, scales), TYPES[qtype]
+        return _blocks(codes, scales, qtype), TYPES[qtype]
     counts["requantized"] += isinstance(module, QuantLinear)
     weight = _weight(module)
     return _quantized(_rope_order(weight, heads) if heads is not None else weight, qtype), TYPES[qtype]
