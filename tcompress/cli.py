@@ -261,14 +261,26 @@ def _show(text: str, shown: str, final: bool = False) -> str:
 
 
 def cmd_train_vit(args: argparse.Namespace) -> None:
-    from tcompress.models.vit_fmnist import train_cnn_teacher, train_vit_fmnist
+    from tcompress.models.vit_fmnist import load_teacher, save_teacher, train_cnn_teacher, train_vit_fmnist
 
+    if args.intermediate_size is not None and args.start is None:
+        raise SystemExit("error: --intermediate-size widens a trained model: give --start too")
+    if args.save_teacher and args.teacher != "cnn":
+        raise SystemExit("error: --save-teacher saves the CNN that --teacher cnn trains")
     teacher = None
     if args.teacher == "cnn":
         teacher, accuracy = train_cnn_teacher(epochs=args.teacher_epochs, seed=args.seed)
         print(f"CNN teacher: test accuracy {accuracy:.4f} after {args.teacher_epochs} epochs")
+        if args.save_teacher:
+            save_teacher(teacher, args.save_teacher)
+    elif args.teacher != "none":
+        try:
+            teacher = load_teacher(args.teacher)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"error: --teacher: {error}") from None
     result = train_vit_fmnist(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              augmented=args.augmented, start=args.start, teacher=teacher)
+                              augmented=args.augmented, start=args.start, teacher=teacher,
+                              intermediate_size=args.intermediate_size)
     print(f"test accuracy {result['accuracy']:.4f} after {args.epochs} epochs in {result['seconds']:.0f} s; "
           f"wrote {args.out}")
 
@@ -449,10 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     train_vit.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     train_vit.add_argument("--augmented", action="store_true", help="random crops and flips (default off)")
     train_vit.add_argument("--start", metavar="DIR", help="train on from this saved model (default: from scratch)")
-    train_vit.add_argument("--teacher", choices=["none", "cnn"], default="none",
+    train_vit.add_argument("--teacher", default="none", metavar="none|cnn|FILE",
                            help="cnn: first train a small CNN, then distil it into the ViT the DeiT way (hard "
-                           "labels of the teacher beside the true ones); default none")
+                           "labels of the teacher beside the true ones); FILE: a CNN saved with --save-teacher; "
+                           "default none")
     train_vit.add_argument("--teacher-epochs", type=_positive, default=10, help="with --teacher cnn (default 10)")
+    train_vit.add_argument("--save-teacher", metavar="FILE", help="with --teacher cnn: save the trained CNN here "
+                           "(safetensors) for later cycles")
+    train_vit.add_argument("--intermediate-size", type=_positive, metavar="N",
+                           help="with --start: first widen every MLP to N channels, keeping what the model computes")
     train_vit.add_argument("--seed", type=int, default=0, help="default 0")
     train_vit.set_defaults(run=cmd_train_vit)
     return parser

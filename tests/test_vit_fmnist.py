@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import tcompress as tc
-from tcompress.models.vit_fmnist import FashionCNN, augment, new_model, train_cnn_teacher, train_vit_fmnist
+from tcompress.models.vit_fmnist import (FashionCNN, augment, load_teacher, new_model, save_teacher, train_cnn_teacher,
+                                         train_vit_fmnist, widen_mlp)
 from tcompress.prune.tokens import merge_tokens
 
 from conftest import needs_fashion_mnist
@@ -57,6 +58,54 @@ def test_training_recipe_pieces():
     shifted = augment(pixels, torch.Generator().manual_seed(0))
     assert shifted.shape == pixels.shape
     assert not torch.equal(shifted, pixels)  # cropped somewhere or flipped
+
+
+def test_widened_mlp_computes_the_same():
+    model = new_model([str(i) for i in range(10)]).eval()
+    pixels = torch.randn(3, 1, 28, 28)
+    before = model(pixel_values=pixels).logits
+    widen_mlp(model, 256)
+    assert model.config.intermediate_size == 256
+    assert all(layer.mlp.fc1.out_features == 256 and layer.mlp.fc2.in_features == 256 for layer in model.vit.layers)
+    assert model.vit.layers[0].mlp.fc1.weight[192:].abs().sum() > 0  # the new channels can learn
+    torch.testing.assert_close(model(pixel_values=pixels).logits, before, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="intermediate_size must exceed the model's 256"):
+        widen_mlp(model, 256)
+
+
+def test_widened_model_saves_and_loads(tmp_path):
+    model = widen_mlp(new_model([str(i) for i in range(10)]).eval(), 224)
+    tc.save(model, tmp_path / "wide")
+    loaded, _ = tc.load(tmp_path / "wide")
+    pixels = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+
+
+def test_saved_teacher_round_trips(tmp_path):
+    torch.manual_seed(0)
+    teacher = FashionCNN().eval()
+    save_teacher(teacher, tmp_path / "cnn.safetensors")
+    loaded = load_teacher(tmp_path / "cnn.safetensors")
+    pixels = torch.randn(2, 1, 28, 28)
+    assert not loaded.training
+    assert torch.equal(loaded(pixel_values=pixels).logits, teacher(pixel_values=pixels).logits)
+    with pytest.raises(FileNotFoundError, match="teacher: no file"):
+        load_teacher(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not written by save_teacher"):
+        load_teacher(tmp_path / "other.safetensors")
+
+
+def test_train_vit_cli_rejects_unusable_options(tmp_path):
+    from tcompress.cli import main
+    with pytest.raises(SystemExit, match="--intermediate-size widens a trained model"):
+        main(["train-vit", "--out", str(tmp_path / "o"), "--intermediate-size", "384"])
+    with pytest.raises(SystemExit, match="--save-teacher saves the CNN"):
+        main(["train-vit", "--out", str(tmp_path / "o"), "--save-teacher", str(tmp_path / "t")])
+    with pytest.raises(SystemExit, match="--teacher: teacher: no file"):
+        main(["train-vit", "--out", str(tmp_path / "o"), "--teacher", str(tmp_path / "none.safetensors")])
+    assert not (tmp_path / "o").exists()
 
 
 def fake_fashion_mnist(folder, n=16, labels=None):

@@ -80,6 +80,7 @@ class FashionCNN(nn.Module):
 
     def __init__(self, classes: int = 10, channels: int = 1, size: int = 28):
         super().__init__()
+        self.size = size
 
         def conv(inputs: int, outputs: int) -> list[nn.Module]:
             return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()]
@@ -125,22 +126,80 @@ def train_cnn_teacher(epochs: int = 10, batch_size: int = 128, lr: float = 2e-3,
     return model, tc.eval.accuracy(model, test, progress=False)
 
 
+def save_teacher(teacher: FashionCNN, path: str | Path) -> None:
+    """Save a trained `FashionCNN` (safetensors, with its shape) so later cycles reuse it."""
+    from safetensors.torch import save_file
+
+    shape = {"classes": teacher.net[-1].out_features, "channels": teacher.net[0].in_channels, "size": teacher.size}
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path),
+              metadata={k: str(v) for k, v in shape.items()})
+
+
+def load_teacher(path: str | Path) -> FashionCNN:
+    """A `FashionCNN` saved by `save_teacher`, in eval mode."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher: no file {path} (save one with `train-vit --teacher cnn --save-teacher`)")
+    with safe_open(str(path), "pt") as f:
+        shape = {k: int(v) for k, v in (f.metadata() or {}).items()}
+    if shape.keys() != {"classes", "channels", "size"}:
+        raise ValueError(f"teacher: {path} was not written by save_teacher (no classes/channels/size metadata)")
+    teacher = FashionCNN(**shape)
+    teacher.load_state_dict(load_file(str(path)))
+    return teacher.eval()
+
+
+def widen_mlp(model: transformers.ViTForImageClassification, intermediate_size: int,
+              seed: int = 0) -> transformers.ViTForImageClassification:
+    """Grow every block's MLP to `intermediate_size` channels in place, keeping the model's
+    function exactly (Net2Net's idea, Chen et al., 2016): the new channels get small random
+    input weights and zero output weights, so training starts from what the model knew and
+    the added capacity learns from there."""
+    old = model.config.intermediate_size
+    if intermediate_size <= old:
+        raise ValueError(f"intermediate_size must exceed the model's {old}, got {intermediate_size}")
+    generator = torch.Generator().manual_seed(seed)
+    std = model.config.initializer_range
+    for layer in model.vit.layers:
+        fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
+        extra = intermediate_size - old
+        grown1 = nn.Linear(fc1.in_features, intermediate_size)
+        grown2 = nn.Linear(intermediate_size, fc2.out_features)
+        with torch.no_grad():
+            added = torch.randn(extra, fc1.in_features, generator=generator) * std
+            grown1.weight.copy_(torch.cat([fc1.weight, added.to(fc1.weight.dtype)]))
+            grown1.bias.copy_(torch.cat([fc1.bias, fc1.bias.new_zeros(extra)]))
+            grown2.weight.copy_(torch.cat([fc2.weight, fc2.weight.new_zeros(fc2.out_features, extra)], dim=1))
+            grown2.bias.copy_(fc2.bias)
+        layer.mlp.fc1, layer.mlp.fc2 = grown1, grown2
+    model.config.intermediate_size = intermediate_size
+    return model
+
+
 def train_vit_fmnist(out: str | Path, epochs: int = 8, batch_size: int = 128, lr: float = 1e-3,
                      weight_decay: float = 0.05, seed: int = 0, data: str = "fashion-mnist", augmented: bool = False,
                      start: str | Path | None = None, teacher: nn.Module | None = None,
-                     progress: bool = True) -> dict[str, float]:
+                     intermediate_size: int | None = None, progress: bool = True) -> dict[str, float]:
     """Train `vit-fmnist` from scratch (or on from the model saved at `start`) and save it
     (with its processor) to `out`; returns the test accuracy and the wall time.
 
     With a `teacher`, DeiT's hard distillation: the loss is half the cross-entropy with the
-    labels, half that with the teacher's arg-max class on the same images."""
+    labels, half that with the teacher's arg-max class on the same images. `intermediate_size`
+    first widens the MLPs of the `start` model (`widen_mlp`)."""
     import tcompress as tc
 
     _check_schedule(epochs, batch_size)
+    if intermediate_size is not None and start is None:
+        raise ValueError("intermediate_size widens a trained model: give `start` too")
     image_processor = processor()
     train = tc.data.images(data, image_processor, split="train")
     test = tc.data.images(data, image_processor, split="test")
     model = new_model(train.classes, seed) if start is None else tc.load(start)[0].train()
+    if intermediate_size is not None:
+        widen_mlp(model, intermediate_size, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     steps = epochs * math.ceil(len(train) / batch_size)
     warmup = steps // epochs
