@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from tcompress.methods import BlockMethod, LinearMethod, Method, replace_module
 from tcompress.models.adapters import Block, adapter, linear_weight
+from tcompress.runtime.heap import reuse_freed_memory
 
 Calibration = Tensor | list[Any]  # [n, seqlen] token ids, or a list of model inputs
 
@@ -315,6 +316,13 @@ def sequential(model: nn.Module, calib: Calibration, method: Method | None = Non
     (the fastest; it holds the whole calibration set's activations of one block), else
     once per group of linears and batch.
     """
+    with reuse_freed_memory():  # each block allocates the same large activations again
+        return _sequential(model, calib, method, batch_size, device, offload, progress, on_block, one_pass)
+
+
+def _sequential(model: nn.Module, calib: Calibration, method: Method | None, batch_size: int,
+                device: torch.device | str | None, offload: torch.device | str, progress: bool,
+                on_block: Callable[[Block, list[Tensor]], None] | None, one_pass: bool) -> list[Tensor]:
     batches = batches_of(calib, batch_size)
     parts = adapter(model)
     blocks = parts.blocks()

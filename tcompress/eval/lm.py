@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tcompress import data
+from tcompress.runtime.heap import reuse_freed_memory
 
 
 def context_length(model: nn.Module) -> int | None:
@@ -60,7 +61,8 @@ def perplexity(model: nn.Module, tokenizer: Any, source: str | os.PathLike | Ten
     was_training = model.training
     model.eval()
     try:
-        nlls = window_nlls(model, eval_windows(model, tokenizer, source, seqlen, windows), batch_size, progress)
+        with reuse_freed_memory():  # each window allocates the same large logits again
+            nlls = window_nlls(model, eval_windows(model, tokenizer, source, seqlen, windows), batch_size, progress)
     finally:
         model.train(was_training)
     return math.exp(nlls.mean().item())

@@ -1,0 +1,36 @@
+"""Freed memory is reused inside `reuse_freed_memory` (no page faults for a repeated large
+tensor) and handed back to the system after it."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import pytest
+import torch
+
+from tcompress.runtime.heap import reuse_freed_memory
+
+
+def page_faults(action) -> int:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    action()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def touch_64_mb() -> None:
+    torch.ones(16 * 2**20).sum()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_large_tensors_reuse_the_heap_inside_only():
+    touch_64_mb()
+    pages = 64 * 2**20 // resource.getpagesize()
+    assert page_faults(touch_64_mb) >= pages // 2  # fresh pages from the kernel each time
+    with reuse_freed_memory():
+        touch_64_mb()
+        assert page_faults(touch_64_mb) < pages // 10
+        with reuse_freed_memory():  # nested: the outer one stays in charge
+            pass
+        assert page_faults(touch_64_mb) < pages // 10
+    assert page_faults(touch_64_mb) >= pages // 2  # defaults back, the heap trimmed
