@@ -261,10 +261,17 @@ def _show(text: str, shown: str, final: bool = False) -> str:
 
 
 def cmd_train_vit(args: argparse.Namespace) -> None:
-    from tcompress.models.vit_fmnist import load_teacher, save_teacher, train_cnn_teacher, train_vit_fmnist
+    import tcompress as tc
+    from tcompress.models.vit_fmnist import (check_widening, load_teacher, save_teacher, train_cnn_teacher,
+                                             train_vit_fmnist)
 
-    if args.intermediate_size is not None and args.start is None:
-        raise SystemExit("error: --intermediate-size widens a trained model: give --start too")
+    if args.intermediate_size is not None:
+        if args.start is None:
+            raise SystemExit("error: --intermediate-size widens a trained model: give --start too")
+        try:
+            check_widening(tc.load(args.start)[0], args.intermediate_size)  # before the teacher's training
+        except ValueError as error:
+            raise SystemExit(f"error: --intermediate-size: {error}") from None
     if args.save_teacher and args.teacher != "cnn":
         raise SystemExit("error: --save-teacher saves the CNN that --teacher cnn trains")
     teacher = None

@@ -108,6 +108,17 @@ def test_train_vit_cli_rejects_unusable_options(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_train_vit_cli_checks_the_widening_before_training_a_teacher(tmp_path, monkeypatch):
+    import tcompress.models.vit_fmnist as recipe
+    from tcompress.cli import main
+    model = new_model([str(i) for i in range(10)])
+    tc.save(model, tmp_path / "start")
+    monkeypatch.setattr(recipe, "train_cnn_teacher", lambda **_: pytest.fail("the teacher was trained first"))
+    with pytest.raises(SystemExit, match="--intermediate-size: intermediate_size must exceed the model's 192, got 100"):
+        main(["train-vit", "--out", str(tmp_path / "o"), "--start", str(tmp_path / "start"), "--teacher", "cnn",
+              "--intermediate-size", "100"])
+
+
 def fake_fashion_mnist(folder, n=16, labels=None):
     """IDX train and test files of random images, labels 0..9 (or those given)."""
     rng = np.random.default_rng(0)

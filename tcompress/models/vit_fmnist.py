@@ -156,20 +156,25 @@ def load_teacher(path: str | Path) -> FashionCNN:
     return teacher.eval()
 
 
+def check_widening(model: transformers.ViTForImageClassification, intermediate_size: int) -> None:
+    """`widen_mlp`'s check, for callers that must fail before long work."""
+    old = model.config.intermediate_size
+    if intermediate_size <= old:
+        raise ValueError(f"intermediate_size must exceed the model's {old}, got {intermediate_size}")
+
+
 def widen_mlp(model: transformers.ViTForImageClassification, intermediate_size: int,
               seed: int = 0) -> transformers.ViTForImageClassification:
     """Grow every block's MLP to `intermediate_size` channels in place, keeping the model's
     function exactly (Net2Net's idea, Chen et al., 2016): the new channels get small random
     input weights and zero output weights, so training starts from what the model knew and
     the added capacity learns from there."""
-    old = model.config.intermediate_size
-    if intermediate_size <= old:
-        raise ValueError(f"intermediate_size must exceed the model's {old}, got {intermediate_size}")
+    check_widening(model, intermediate_size)
+    extra = intermediate_size - model.config.intermediate_size
     generator = torch.Generator().manual_seed(seed)
     std = model.config.initializer_range
     for layer in model.vit.layers:
         fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
-        extra = intermediate_size - old
         grown1 = nn.Linear(fc1.in_features, intermediate_size)
         grown2 = nn.Linear(intermediate_size, fc2.out_features)
         with torch.no_grad():

@@ -2,9 +2,10 @@
 
 glibc serves every allocation above 32 MB (one layer's activations over a calibration set
 are hundreds of MB) with fresh pages from the kernel and hands them back on free, so each
-such tensor pays a page fault per 4 KiB page on first touch: a quarter of the time of a
-layer-wise calibration pass on a 2-core CPU (GPTQ on three blocks of the default model:
-40 s, 30 s with the heap reused). Where the C library is not glibc, nothing changes.
+such tensor pays a page fault per 4 KiB page on first touch. On a 2-core CPU, GPTQ W4 on the
+default model took 316 s without reuse and 281 s with it (40 s and 30 s on its first three
+blocks), for a peak RSS of 5.8 GB instead of 3.6 GB: freed fragments stay until the pass
+ends. Where the C library is not glibc, nothing changes.
 """
 
 from __future__ import annotations
