@@ -262,9 +262,13 @@ def _show(text: str, shown: str, final: bool = False) -> str:
 
 def cmd_train_vit(args: argparse.Namespace) -> None:
     import tcompress as tc
-    from tcompress.models.vit_fmnist import (check_widening, load_teacher, save_teacher, train_cnn_teacher,
-                                             train_vit_fmnist)
+    from tcompress.models.vit_fmnist import (check_distillation, check_widening, load_teacher, save_teacher,
+                                             train_cnn_teacher, train_vit_fmnist)
 
+    try:
+        check_distillation(args.distillation, args.temperature, args.ema)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     if args.intermediate_size is not None:
         if args.start is None:
             raise SystemExit("error: --intermediate-size widens a trained model: give --start too")
@@ -287,6 +291,7 @@ def cmd_train_vit(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: --teacher: {error}") from None
     result = train_vit_fmnist(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               augmented=args.augmented, start=args.start, teacher=teacher,
+                              distillation=args.distillation, temperature=args.temperature, ema=args.ema,
                               intermediate_size=args.intermediate_size)
     print(f"test accuracy {result['accuracy']:.4f} after {args.epochs} epochs in {result['seconds']:.0f} s; "
           f"wrote {args.out}")
@@ -469,9 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     train_vit.add_argument("--augmented", action="store_true", help="random crops and flips (default off)")
     train_vit.add_argument("--start", metavar="DIR", help="train on from this saved model (default: from scratch)")
     train_vit.add_argument("--teacher", default="none", metavar="none|cnn|FILE",
-                           help="cnn: first train a small CNN, then distil it into the ViT the DeiT way (hard "
-                           "labels of the teacher beside the true ones); FILE: a CNN saved with --save-teacher; "
+                           help="cnn: first train a small CNN, then distil it into the ViT (its answers beside the "
+                           "true labels, see --distillation); FILE: a CNN saved with --save-teacher; "
                            "default none")
+    train_vit.add_argument("--distillation", choices=("hard", "soft"), default="hard",
+                           help="with a teacher: its arg-max class (hard, DeiT) or its probabilities (soft, "
+                           "KL at --temperature); default hard")
+    train_vit.add_argument("--temperature", type=float, default=2.0, help="with --distillation soft (default 2)")
+    train_vit.add_argument("--ema", type=float, metavar="DECAY",
+                           help="keep a moving average of the weights (e.g. 0.998 per step) and save it; default off")
     train_vit.add_argument("--teacher-epochs", type=_positive, default=10, help="with --teacher cnn (default 10)")
     train_vit.add_argument("--save-teacher", metavar="FILE", help="with --teacher cnn: save the trained CNN here "
                            "(safetensors) for later cycles")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import tcompress as tc
-from tcompress.models.vit_fmnist import (FashionCNN, augment, load_teacher, new_model, save_teacher, train_cnn_teacher,
-                                         train_vit_fmnist, widen_mlp)
+from tcompress.models.vit_fmnist import (FashionCNN, augment, distillation_loss, load_teacher, new_model, save_teacher,
+                                         train_cnn_teacher, train_vit_fmnist, update_average, widen_mlp)
 from tcompress.prune.tokens import merge_tokens
 
 from conftest import needs_fashion_mnist
@@ -105,6 +105,10 @@ def test_train_vit_cli_rejects_unusable_options(tmp_path):
         main(["train-vit", "--out", str(tmp_path / "o"), "--save-teacher", str(tmp_path / "t")])
     with pytest.raises(SystemExit, match="--teacher: teacher: no file"):
         main(["train-vit", "--out", str(tmp_path / "o"), "--teacher", str(tmp_path / "none.safetensors")])
+    with pytest.raises(SystemExit, match=r"ema must be a decay in \(0, 1\).*got 1.5"):
+        main(["train-vit", "--out", str(tmp_path / "o"), "--ema", "1.5"])
+    with pytest.raises(SystemExit, match="temperature must be positive, got 0.0"):
+        main(["train-vit", "--out", str(tmp_path / "o"), "--distillation", "soft", "--temperature", "0"])
     assert not (tmp_path / "o").exists()
 
 
@@ -164,3 +168,42 @@ def test_hard_distillation_pulls_towards_the_teacher(tmp_path):
 
     taught, alone = share_of_three(Three(), "taught"), share_of_three(None, "alone")
     assert taught > 0.25 and alone < 0.05
+
+
+def test_distillation_losses_against_their_definitions():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 10), torch.randn(5, 10) * 3
+    hard = distillation_loss(student, teacher, "hard")
+    expected = -student.log_softmax(-1)[torch.arange(5), teacher.argmax(-1)].mean()
+    torch.testing.assert_close(hard, expected)
+    t = 2.0
+    p = (teacher / t).softmax(-1)
+    kl = (p * (p.log() - (student / t).log_softmax(-1))).sum(-1).mean() * t * t
+    torch.testing.assert_close(distillation_loss(student, teacher, "soft", t), kl)
+    assert distillation_loss(teacher, teacher, "soft", t).abs() < 1e-6  # no loss when the student matches
+
+
+def test_weight_average_step():
+    model, averaged = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = copy.deepcopy(averaged.state_dict())
+    update_average(averaged, model, 0.9)
+    for name, value in averaged.state_dict().items():
+        torch.testing.assert_close(value, 0.9 * before[name] + 0.1 * model.state_dict()[name])
+
+
+def test_training_with_a_weight_average_saves_the_average(tmp_path):
+    """With a decay so close to 1 that the average barely moves, the saved model is the start
+    model, while the weights trained without the average have moved."""
+    data = fake_fashion_mnist(tmp_path / "images")
+    start = new_model([str(i) for i in range(10)])
+    tc.save(start, tmp_path / "start")
+    kept = start.vit.layers[0].mlp.fc1.weight
+
+    def trained(out, **options):
+        train_vit_fmnist(tmp_path / out, epochs=1, batch_size=8, lr=1e-2, data=str(data), start=tmp_path / "start",
+                         progress=False, **options)
+        return tc.load(tmp_path / out)[0].vit.layers[0].mlp.fc1.weight
+
+    teacher = FashionCNN()
+    assert (trained("averaged", ema=1 - 1e-7, teacher=teacher, distillation="soft") - kept).abs().max() < 1e-5
+    assert (trained("plain", teacher=teacher, distillation="soft") - kept).abs().max() > 1e-3
