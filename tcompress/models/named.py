@@ -42,7 +42,7 @@ VIT_FMNIST = NamedModel(
     package="tcompress",
     pattern="config.json",
     folder=True,
-    description="a DeiT-style ViT trained by tcompress on Fashion-MNIST (0.45M, fp32)",
+    description="a DeiT-style ViT trained by tcompress on Fashion-MNIST (0.68M, fp32, 90.00% test accuracy)",
     bundled=Path(__file__).parent / "weights" / "vit-fmnist",
 )
 NAMED = {"default": SMOLLM2, "smollm2-135m": SMOLLM2, "minilm": MINILM, "vit-fmnist": VIT_FMNIST}
