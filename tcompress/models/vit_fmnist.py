@@ -265,6 +265,7 @@ def distillation_loss(logits: Tensor, teacher_logits: Tensor, kind: str = "hard"
     temperature so gradients keep their scale (`soft`, Hinton et al., 2015)."""
     if kind == "hard":
         return nn.functional.cross_entropy(logits, teacher_logits.argmax(-1))
+    # the same value as tcompress.distill.logits.kl_loss, summed in the order the shipped weights were trained with
     return nn.functional.kl_div(torch.log_softmax(logits / temperature, -1), torch.log_softmax(teacher_logits / temperature, -1),
                                 log_target=True, reduction="batchmean") * temperature**2
 
@@ -277,6 +278,8 @@ def update_average(averaged: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def check_distillation(kind: str, temperature: float, ema: float | None) -> None:
+    """`train_vit_fmnist`'s checks of its distillation and averaging options, for callers that
+    must fail before long work (a teacher's training)."""
     if kind not in ("hard", "soft"):
         raise ValueError(f"distillation must be 'hard' or 'soft', got {kind!r}")
     if not temperature > 0:
