@@ -15,7 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.c", "step.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.c", "step.c", "obs.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
 
 
@@ -101,6 +101,9 @@ def load(path: Path) -> ctypes.CDLL:
     lib.tc_int8_gemm.restype = None
     lib.tc_int8_gemm.argtypes = [pointer, pointer, integer, integer, pointer, pointer, integer, pointer, pointer,
                                  integer]
+    lib.tc_obs_sweep.restype = integer
+    lib.tc_obs_sweep.argtypes = [pointer, integer, integer, integer, pointer, integer, pointer, pointer, pointer,
+                                 pointer, integer, pointer, pointer, integer]
     return lib
 
 

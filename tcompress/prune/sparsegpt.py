@@ -23,7 +23,8 @@ from tcompress.prune.base import Pruner
 from tcompress.prune.masks import keep_mask, lowest
 from tcompress.quantize.formats import QuantLinear
 from tcompress.quantize.gptq import HessianStats, group_grid, inverse_hessian_factor
-from tcompress.quantize.grid import Grid, quantize_codes
+from tcompress.quantize.grid import Grid
+from tcompress.quantize.obs import runs, sweep
 
 
 @dataclass
@@ -51,31 +52,25 @@ def sparsegpt_prune(w: Tensor, h: Tensor, sparsity: float, *, nm: tuple[int, int
     size = (grid.group_size or in_features) if grid is not None else in_features
     codes = torch.zeros_like(rows, dtype=torch.uint8) if grid is not None else None
     groups = in_features // size
+    groups_of_rows = (torch.arange(in_features) // size).to(torch.int32)
     scales = torch.zeros(groups, out_features, dtype=w.dtype)
     zeros = torch.zeros_like(scales)
+    on_grid = {} if grid is None else dict(scales=scales, zeros=zeros, groups=groups_of_rows, maxq=grid.maxq,
+                                           codes=codes)
+    m = nm[1] if nm is not None else None
     for start in range(0, in_features, block_size):
         end = min(start + block_size, in_features)
         if nm is None:  # the block's mask at once, from its OBS errors
             errors_if_pruned = rows[start:end].pow(2) / pivots[start:end, None].pow(2)
             kept[start:end] = keep_mask(errors_if_pruned, sparsity, per_row=False)
         errors = torch.empty(end - start, out_features, dtype=w.dtype)
-        for i in range(start, end):
-            if nm is not None and (i - start) % nm[1] == 0:
-                n, m = nm
-                errors_if_pruned = rows[i : i + m].pow(2) / pivots[i : i + m, None].pow(2)
-                kept[i : i + m] = ~lowest(errors_if_pruned, m - n, dim=0)
-            value = rows[i] * kept[i]
-            if grid is not None:
-                if i % size == 0:
-                    scales[i // size], zeros[i // size] = group_grid(rows[i : i + size].t(), grid)
-                scale, zero = scales[i // size], zeros[i // size]
-                code = torch.where(kept[i], quantize_codes(value, scale, zero, grid.maxq), zero)
-                codes[i] = code.to(torch.uint8)
-                value = (code - zero) * scale
-            error = errors[i - start]
-            torch.sub(rows[i], value, out=error).div_(pivots[i])
-            rows[i + 1 : end].addr_(factor[i, i + 1 : end], error, alpha=-1)
-            rows[i] = value
+        for first, stop in runs(start, end, m, size if grid is not None else None):
+            if nm is not None and first % m == 0:  # the M - N smallest OBS errors of these M columns
+                errors_if_pruned = rows[first : first + m].pow(2) / pivots[first : first + m, None].pow(2)
+                kept[first : first + m] = ~lowest(errors_if_pruned, m - nm[0], dim=0)
+            if grid is not None and first % size == 0:  # the group's grid from its weights as updated so far
+                scales[first // size], zeros[first // size] = group_grid(rows[first : first + size].t(), grid)
+            sweep(rows, factor, first, stop, end, errors[first - start : stop - start], keep=kept, **on_grid)
         rows[end:].addmm_(factor[start:end, end:].t(), errors, alpha=-1)
     result = Pruned(rows.t().contiguous(), kept.t().contiguous())
     if grid is not None:

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from tcompress.methods import register
 from tcompress.quantize.base import WeightQuantizer
 from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid, choose_grid, quantize_codes
+from tcompress.quantize.grid import Grid, choose_grid
+from tcompress.quantize.obs import runs, sweep
 
 
 @dataclass
@@ -57,10 +58,11 @@ def group_grid(w: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
 
 
 def inverse_hessian_factor(h: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1."""
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, row-major (each column's
+    OBS update is one contiguous row)."""
     h = h.clone()
     h.diagonal().add_(damp * h.diagonal().mean())
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).contiguous()
 
 
 def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, damp: float = 0.1,
@@ -84,26 +86,20 @@ def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, da
             scales[g], zeros[g] = group_grid(w[:, g * size : (g + 1) * size], grid)
     order = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(in_features)
     factor = inverse_hessian_factor(h[order][:, order], damp)
-    pivots = factor.diagonal().tolist()
     rows = w.t()[order].contiguous()  # [in, out]: row i is the i-th column to quantize
-    codes = torch.empty_like(rows)
-    columns = order.tolist()
+    codes = torch.empty_like(rows, dtype=torch.uint8)
+    groups_of_rows = (order // size).to(torch.int32)
     for start in range(0, in_features, block_size):
         end = min(start + block_size, in_features)
         errors = torch.empty(end - start, out_features, dtype=w.dtype)
-        for i in range(start, end):
-            column, group = columns[i], columns[i] // size
-            if not act_order and column % size == 0:  # dynamic groups: grid from the updated weight
-                scales[group], zeros[group] = group_grid(rows[i : i + size].t(), grid)
-            scale, zero = scales[group], zeros[group]
-            q = quantize_codes(rows[i], scale, zero, grid.maxq)
-            codes[i] = q
-            error = errors[i - start]
-            torch.sub(rows[i], (q - zero).mul_(scale), out=error).div_(pivots[i])
-            rows[i + 1 : end].addr_(factor[i, i + 1 : end], error, alpha=-1)
+        for first, stop in runs(start, end, None if act_order else size):
+            if not act_order and first % size == 0:  # dynamic groups: grid from the updated weight
+                scales[first // size], zeros[first // size] = group_grid(rows[first : first + size].t(), grid)
+            sweep(rows, factor, first, stop, end, errors[first - start : stop - start], scales=scales, zeros=zeros,
+                  groups=groups_of_rows, maxq=grid.maxq, codes=codes)
         rows[end:].addmm_(factor[start:end, end:].t(), errors, alpha=-1)
-    codes = codes[torch.argsort(order)].t()
-    return codes.to(torch.uint8), scales.t().contiguous(), zeros.t().contiguous()
+    codes = codes[torch.argsort(order)].t().contiguous()
+    return codes, scales.t().contiguous(), zeros.t().contiguous()
 
 
 @register
