@@ -6,7 +6,7 @@ import tcompress as tc
 from tcompress.kernels import ops
 from tcompress.quantize import GPTQ, RTN, Grid, QuantLinear, pack, unpack
 from tcompress.quantize.formats import packed_bytes_per_row
-from tcompress.quantize.gptq import gptq_quantize
+from tcompress.quantize.gptq import HessianStats, add_gram, gptq_quantize, symmetric_from_upper
 from tcompress.quantize.grid import quantize_weight
 
 from conftest import build, example_inputs
@@ -69,6 +69,26 @@ def test_gptq_codes_equal_the_literal_obs_reference(act_order, bits, group):
     codes, _, _ = gptq_quantize(w.double(), h.double(), grid, block_size=16, damp=0.01, act_order=act_order)
     expected = reference.gptq(w, h, grid, damp=0.01, act_order=act_order)
     assert torch.equal(codes, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # BLAS's rank-k update; the block strips
+def test_gram_accumulation_covers_the_upper_triangle(dtype):
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(n, 300, generator=g, dtype=dtype) for n in (17, 40)]
+    total = torch.zeros(300, 300, dtype=dtype)
+    for x in batches:
+        add_gram(total, x.t().contiguous().t(), block=128)  # a strided input too
+    x = torch.cat(batches)
+    torch.testing.assert_close(symmetric_from_upper(total), x.t() @ x, rtol=1e-5, atol=1e-4)
+
+
+def test_hessian_stats_are_twice_the_mean_gram_matrix():
+    x = torch.randn(57, 40, generator=torch.Generator().manual_seed(4))
+    stats = HessianStats(torch.zeros(40, 40))
+    stats.add(x[:20])
+    stats.add(x[20:])
+    torch.testing.assert_close(stats.hessian(), 2 * x.t() @ x / 57, rtol=1e-5, atol=1e-5)
+    assert stats.count == 57
 
 
 def test_gptq_beats_rtn_on_the_layer_output_error():
