@@ -64,13 +64,14 @@ def check_peer(method: str, weights: dict) -> None:
     linears = [name for name in weights if ".layers." in name and name.endswith("proj.weight")]
     if len(linears) != len(weights) or not linears:
         raise RuntimeError(f"llm-compressor changed {sorted(weights)[:3]}..., not only the block linears")
-    w = weights[linears[0]]
+    w, asked = weights[linears[0]], METHODS[method][0]
     if method == "gptq":
-        distinct = max(len(group.unique()) for group in w.reshape(-1, 64)[:512])
-        if distinct > 16:
-            raise RuntimeError(f"{linears[0]}: {distinct} distinct values in a group of 64, not a 4-bit grid")
-    elif abs(w.eq(0).float().mean().item() - 0.5) > 0.01:
-        raise RuntimeError(f"{linears[0]}: {w.eq(0).float().mean():.1%} zeros, not 50%")
+        size, levels = asked["group_size"], 2 ** asked["bits"]
+        distinct = max(len(group.unique()) for group in w.reshape(-1, size)[:512])
+        if distinct > levels:
+            raise RuntimeError(f"{linears[0]}: {distinct} distinct values in a group of {size}, not {levels} levels")
+    elif abs(w.eq(0).float().mean().item() - asked["sparsity"]) > 0.01:
+        raise RuntimeError(f"{linears[0]}: {w.eq(0).float().mean():.1%} zeros, not {asked['sparsity']:.0%}")
 
 
 def main() -> None:

@@ -52,11 +52,10 @@ def sparsegpt_prune(w: Tensor, h: Tensor, sparsity: float, *, nm: tuple[int, int
     size = (grid.group_size or in_features) if grid is not None else in_features
     codes = torch.zeros_like(rows, dtype=torch.uint8) if grid is not None else None
     groups = in_features // size
-    groups_of_rows = (torch.arange(in_features) // size).to(torch.int32)
     scales = torch.zeros(groups, out_features, dtype=w.dtype)
     zeros = torch.zeros_like(scales)
-    on_grid = {} if grid is None else dict(scales=scales, zeros=zeros, groups=groups_of_rows, maxq=grid.maxq,
-                                           codes=codes)
+    on_grid = {} if grid is None else dict(scales=scales, zeros=zeros, maxq=grid.maxq, codes=codes,
+                                           groups=(torch.arange(in_features) // size).to(torch.int32))
     m = nm[1] if nm is not None else None
     for start in range(0, in_features, block_size):
         end = min(start + block_size, in_features)
