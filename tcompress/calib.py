@@ -312,9 +312,10 @@ def sequential(model: nn.Module, calib: Calibration, method: Method | None = Non
     Returns the last block's outputs, one tensor per batch. `device` is where each block
     runs (its weights move there and back); activations wait on `offload`. `on_block` is
     called with each block and its outputs (after the method changed it). `one_pass`: a
-    true-sequential per-linear method runs each block once over all batches at once
-    (the fastest; it holds the whole calibration set's activations of one block), else
-    once per group of linears and batch.
+    per-linear method runs each block over all batches at once (the fastest; it holds the
+    whole calibration set's activations of one block): a true-sequential one in a single
+    forward, changing each linear just before its first use, any other in one forward to
+    observe and one for the outputs. Else per batch, once per group of linears.
     """
     with reuse_freed_memory():  # each block allocates the same large activations again
         return _sequential(model, calib, method, batch_size, device, offload, progress, on_block, one_pass)
@@ -331,16 +332,13 @@ def _sequential(model: nn.Module, calib: Calibration, method: Method | None, bat
     for block in tqdm(blocks, desc=desc, disable=not progress):
         with _placed(block.module, device):
             run = BlockRunner(block.module, device or _home(block.module), offload)
-            replacements = {}
-            one_batch = merged(inputs) if one_pass and getattr(method, "true_sequential", False) else None
             if isinstance(method, BlockMethod):  # before LinearMethod: a block method may take per-linear fields
                 replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
-            elif one_batch is not None:
-                replacements = quantize_in_one_pass(method, model, block, one_batch, run)
-                inputs = _split_like(inputs, one_batch.hidden[0])
+                run.propagate(inputs)
             elif isinstance(method, LinearMethod):
-                replacements = observe_and_apply(method, model, block, inputs, run)
-            if one_batch is None:
+                replacements = change_linears(method, model, block, inputs, run, one_pass)
+            else:
+                replacements = {}
                 run.propagate(inputs)
             for name, new in replacements.items():
                 replace_module(model, name, new)
@@ -349,6 +347,26 @@ def _sequential(model: nn.Module, calib: Calibration, method: Method | None, bat
     if isinstance(method, LinearMethod) and not isinstance(method, BlockMethod) and getattr(method, "head", False):
         quantize_head(method, model, inputs)
     return inputs.hidden
+
+
+def change_linears(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
+                   run: BlockRunner, one_pass: bool) -> dict[str, nn.Module]:
+    """Apply a per-linear method to `block` and store the changed block's outputs in `inputs`.
+
+    With `one_pass` (and batches that can be merged) all batches run as one; a true-sequential
+    method then needs a single forward. Returns the replacements still to put in place."""
+    one_batch = merged(inputs) if one_pass else None
+    if one_batch is None:
+        replacements = observe_and_apply(method, model, block, inputs, run)
+        run.propagate(inputs)
+        return replacements
+    if method.true_sequential:
+        replacements = quantize_in_one_pass(method, model, block, one_batch, run)
+    else:
+        replacements = observe_and_apply(method, model, block, one_batch, run)
+        run.propagate(one_batch)
+    _split_like(inputs, one_batch.hidden[0])
+    return replacements
 
 
 def quantize_head(method: LinearMethod, model: nn.Module, inputs: BlockInputs) -> None:

@@ -159,16 +159,18 @@ def test_apply_rejects_what_is_not_a_method():
         tc.apply(nn.Linear(2, 2), "gptq")
 
 
+@pytest.mark.parametrize("true_sequential", [True, False])
 @pytest.mark.parametrize("family", ["llama", "bert"])
-def test_one_pass_true_sequential_equals_group_by_group_passes(family):
+def test_one_pass_equals_passes_batch_by_batch(family, true_sequential):
     from tcompress.quantize import GPTQ, QuantLinear
 
     calib = samples(family, n=3)
     for i, sample in enumerate(calib[1:] if family == "bert" else []):
         sample["attention_mask"][0, -(i + 2):] = 0  # every sample padded: masks to concatenate
     models = {one_pass: build(family) for one_pass in (True, False)}
+    method = GPTQ(bits=3, group_size=32, true_sequential=true_sequential)
     for one_pass, model in models.items():
-        sequential(model, calib, GPTQ(bits=3, group_size=32), one_pass=one_pass, progress=False)
+        sequential(model, calib, method, one_pass=one_pass, progress=False)
     quantized = [name for name, m in models[True].named_modules() if isinstance(m, QuantLinear)]
     assert len(quantized) == {"llama": 14, "bert": 12}[family]
     for name in quantized:
