@@ -11,9 +11,11 @@ with the ordinary packed layout (no column permutation is stored).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 from tcompress.methods import register
@@ -46,12 +48,20 @@ def add_gram(total: Tensor, x: Tensor, block: int = 256) -> None:
     each from its diagonal block on, which skips almost half of the product for wide inputs."""
     if x.device.type == "cpu" and x.dtype == torch.float32 and total.dtype == torch.float32:
         rows = x.detach().contiguous().numpy()
-        total += torch.from_numpy(rows.T @ rows)
+        with numpy_blas().limit(limits=torch.get_num_threads(), user_api="blas"):  # torch's thread count
+            total += torch.from_numpy(rows.T @ rows)
         return
     width = x.shape[1]
     for start in range(0, width, block):
         end = min(start + block, width)
         total[start:end, start:].addmm_(x[:, start:end].t(), x[:, start:])
+
+
+@functools.cache
+def numpy_blas() -> ThreadpoolController:
+    """The BLAS numpy calls: it takes its thread count from the environment, not from
+    `torch.set_num_threads`, unless told."""
+    return ThreadpoolController()
 
 
 def symmetric_from_upper(total: Tensor) -> Tensor:
