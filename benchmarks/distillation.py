@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import time
@@ -68,7 +67,7 @@ def main() -> None:
         rows += pruned_student_rows(args, teacher, tok, ppl, teacher_ppl, c4, config, out)
     if "qat" in args.parts:
         rows += qat_rows(args, teacher, tok, ppl, c4, config, out)
-    (out / f"distillation-{args.parts.replace(',', '-')}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    tc.report.write_json(out / f"distillation-{args.parts.replace(',', '-')}.json", rows)
     print(f"\n{args.model}: WikiText-2 perplexity ({args.windows} x {seqlen}); {args.steps} steps of "
           f"{args.batch_size} x {args.seqlen} tokens per run")
     print(tc.report.format_table(rows))

@@ -7,7 +7,6 @@ perplexity (first 16 windows of 2048 tokens) and the latency table at batch 1-16
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -49,7 +48,7 @@ def main() -> None:
     report.plot(out / "foundation_bench.png")
     summary = {"load_cold_s": cold, "load_cached_s": cached, "wikitext2_ppl": ppl, "windows": args.windows,
                "ppl_seconds": ppl_seconds}
-    (out / "foundation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tc.report.write_json(out / "foundation.json", summary)
     print(tc.report.format_table([summary]))
     print()
     print(report.facts_table())

@@ -111,9 +111,7 @@ def main() -> None:
                 rows.append({"method": method, "tool": tool, "wikitext2_ppl": perplexity(compressed),
                              "seconds": took, "vs_llm_compressor": took / peer_seconds})
                 print(tc.report.format_table(rows[-1:]), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "peers.json").write_text(json.dumps(rows, indent=2) + "\n")
+    tc.report.write_json(Path(args.out) / "peers.json", rows)
     print(f"\ndefault model, calibration {args.calib} 128 x 512, WikiText-2 {args.windows} x 2048")
     print(tc.report.format_table(rows))
 

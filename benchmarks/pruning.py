@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -113,9 +112,7 @@ def main() -> None:
     for row in rows:
         for batch in (1, 8):
             row[f"prefill b{batch} vs dense"] = rows[0][f"prefill b{batch} s"] / row[f"prefill b{batch} s"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pruning.json").write_text(json.dumps(rows, indent=2) + "\n")
+    tc.report.write_json(Path(args.out) / "pruning.json", rows)
     print(f"\n{args.model}: WikiText-2 perplexity ({args.windows} x 2048), calibration {args.calib} 128 x 512")
     print(tc.report.format_table(rows))
 

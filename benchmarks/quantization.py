@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import yaml
 
 import tcompress as tc
-from tcompress.eval.embeddings import embed, read_stsb
+from tcompress.eval.embeddings import embed, embedding_cosine, read_stsb
 from tcompress.eval.latency import PeakMemory
 from tcompress.export.packed import PACKED_MODULES
 
@@ -116,7 +115,7 @@ def minilm_table(args) -> list[dict]:
     sentences = first + second
     reference = embed(model, tok, sentences)  # once: every row compares with it
     # fidelity to the float model, finer than the Spearman when a method barely moves it
-    drift = {"1 - cosine to fp32": lambda m: 1 - (reference * embed(m, tok, sentences)).sum(-1).mean().item()}
+    drift = {"1 - cosine to fp32": lambda m: 1 - embedding_cosine(reference, m, tok, sentences)}
     rows = [float_row(model, measure, drift)] if args.baseline else []
     return rows + [run(model, parse_config(c), calib, measure, drift) for c in args.minilm_configs.split(",") if c]
 
@@ -135,9 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {"llm": llm_table(args) if args.configs else [],
                "minilm": minilm_table(args) if args.minilm_configs else []}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quantization.json").write_text(json.dumps(results, indent=2) + "\n")
+    tc.report.write_json(Path(args.out) / "quantization.json", results)
     if results["llm"]:
         print(f"\n{args.model}: WikiText-2 perplexity ({args.windows} x 2048), calibration {args.calib} 128 x 512")
         print(tc.report.format_table(results["llm"]))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def main() -> None:
                 row[f"b{batch} vs fp32"] = row[f"img/s b{batch}"] / rows[0][f"img/s b{batch}"]
     report.to_json(out / "vision_bench.json")
     report.plot(out / "vision_bench.png")
-    (out / "vision.json").write_text(json.dumps(rows, indent=2) + "\n")
+    tc.report.write_json(out / "vision.json", rows)
     print(f"\n{args.model} on {args.data} ({len(test)} test images)")
     print(tc.report.format_table(rows))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,6 +30,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if num else "-" * (w + 2) for w, num in zip(widths, numeric)) + "|"
     return "\n".join([line(keys), rule, *(line(r) for r in cells)])
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON to `path`, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def plot_latency(rows: list[Any], path: str | Path, title: str = "latency vs batch size") -> None:

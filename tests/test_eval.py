@@ -76,6 +76,23 @@ def test_embeddings_are_mean_pooled_and_normalised(tokenizer):
     assert tc.eval.embedding_cosine(model, model, tokenizer, ["x y", "z"]) == pytest.approx(1.0)
 
 
+def test_embedding_cosine_takes_the_reference_embeddings_computed_once(tokenizer):
+    reference, model = build("bert"), build("bert")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sentences = ["a short one", "a much longer sentence here"]
+    cosine = tc.eval.embedding_cosine(reference, model, tokenizer, sentences)
+    assert cosine < 0.9999
+    given = tc.eval.embed(reference, tokenizer, sentences)
+    assert tc.eval.embedding_cosine(given, model, tokenizer, sentences) == pytest.approx(cosine)
+
+
+def test_write_json_creates_the_folder(tmp_path):
+    tc.report.write_json(tmp_path / "a" / "b.json", [{"x": 1.5}])
+    assert (tmp_path / "a" / "b.json").read_text() == '[\n  {\n    "x": 1.5\n  }\n]\n'
+
+
 def test_image_accuracy():
     model = build("vit")
     pixels = torch.randn(10, 1, 28, 28)

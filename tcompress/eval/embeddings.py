@@ -30,9 +30,12 @@ def embed(model: nn.Module, tokenizer: Any, sentences: list[str], batch_size: in
     return torch.cat(chunks)
 
 
-def embedding_cosine(reference: nn.Module, model: nn.Module, tokenizer: Any, sentences: list[str]) -> float:
-    """Mean cosine similarity between the two models' embeddings of the same sentences."""
-    return (embed(reference, tokenizer, sentences) * embed(model, tokenizer, sentences)).sum(-1).mean().item()
+def embedding_cosine(reference: nn.Module | Tensor, model: nn.Module, tokenizer: Any, sentences: list[str]) -> float:
+    """Mean cosine similarity between the two models' embeddings of the same sentences;
+    `reference` may be given as its embeddings already (when many models meet one)."""
+    if isinstance(reference, nn.Module):
+        reference = embed(reference, tokenizer, sentences)
+    return (reference * embed(model, tokenizer, sentences)).sum(-1).mean().item()
 
 
 def read_stsb(path: str | os.PathLike) -> tuple[list[str], list[str], list[float]]:
