@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import time
 from pathlib import Path
 
+from common import show
+
 import tcompress as tc
+from tcompress.core.sizes import parameter_count
 from tcompress.distill import LogitKD, TrainConfig, blocks_of_texts, distill, generate_texts, text_blocks
 from tcompress.distill.trainer import plot_losses
 
@@ -136,12 +138,7 @@ def train_row(student, data, teacher, config, plot, ppl, finish=None) -> dict:
 
 
 def params(model) -> float:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()) / 1e6
-
-
-def show(rows: list[dict]) -> None:
-    print(tc.report.format_table([{k: (float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v)
-                                   for k, v in row.items()} for row in rows]), flush=True)
+    return parameter_count(model) / 1e6
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 import tcompress as tc
 from tcompress import kernels
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid, quantize_weight
+from tcompress.packed.grid import Grid, quantize_weight
+from tcompress.packed.quant_linear import QuantLinear
 
 SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]
 
@@ -56,16 +56,17 @@ def main() -> None:
         for bits in (int(b) for b in args.bits.split(",")):
             grid = Grid(bits, 64)
             module = QuantLinear.from_codes(*quantize_weight(weight, grid), grid, None, torch.float32)
+            packed = (module.qweight, module.scales, module.zeros)
             for tokens in (int(t) for t in args.tokens.split(",")):
                 x = torch.randn(tokens, in_features)
                 row = {"shape": f"{in_features}->{out_features}", "bits": bits, "tokens": tokens,
                        "fp32 us": timed(lambda: F.linear(x, weight))}
                 if tokens <= 32:
-                    row["gemv int8 us"] = timed(lambda: kernels.qgemm(module, x, activations="int8"))
-                    row["gemv float us"] = timed(lambda: kernels.qgemm(module, x, activations="float"))
+                    row["gemv int8 us"] = timed(lambda: kernels.qgemm(x, *packed, bits, 64, None, "int8"))
+                    row["gemv float us"] = timed(lambda: kernels.qgemm(x, *packed, bits, 64, None, "float"))
 
                 def decoded_blas():
-                    decoded, order = kernels.decoded_weight(module)
+                    decoded, order = kernels.decoded_weight(*packed, in_features, bits, 64)
                     return F.linear(x if order is None else x.index_select(1, order), decoded)
 
                 row["decode+BLAS us"] = timed(decoded_blas)

@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 
 import torch
+from common import Protocol, add_protocol_options, show
 from safetensors.torch import load_file, save_file
 
 import tcompress as tc
 
 METHODS = {  # ours, then the peer runner's arguments for the same setting
-    "gptq": ({"method": "gptq", "bits": 4, "group_size": 64}, ["--bits", "4", "--group-size", "64"]),
-    "sparsegpt": ({"method": "sparsegpt", "sparsity": 0.5}, ["--sparsity", "0.5"]),
+    "gptq": (tc.quantize.GPTQ(bits=4, group_size=64), ["--bits", "4", "--group-size", "64"]),
+    "sparsegpt": (tc.prune.SparseGPT(sparsity=0.5), ["--sparsity", "0.5"]),
 }
 RUNNER = Path(__file__).with_name("peer_llmcompressor.py")
 
@@ -66,32 +67,27 @@ def check_peer(method: str, weights: dict) -> None:
         raise RuntimeError(f"llm-compressor changed {sorted(weights)[:3]}..., not only the block linears")
     w, asked = weights[linears[0]], METHODS[method][0]
     if method == "gptq":
-        size, levels = asked["group_size"], 2 ** asked["bits"]
+        size, levels = asked.group_size, 2**asked.bits
         distinct = max(len(group.unique()) for group in w.reshape(-1, size)[:512])
         if distinct > levels:
             raise RuntimeError(f"{linears[0]}: {distinct} distinct values in a group of {size}, not {levels} levels")
-    elif abs(w.eq(0).float().mean().item() - asked["sparsity"]) > 0.01:
-        raise RuntimeError(f"{linears[0]}: {w.eq(0).float().mean():.1%} zeros, not {asked['sparsity']:.0%}")
+    elif abs(w.eq(0).float().mean().item() - asked.sparsity) > 0.01:
+        raise RuntimeError(f"{linears[0]}: {w.eq(0).float().mean():.1%} zeros, not {asked.sparsity:.0%}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_protocol_options(parser)
     parser.add_argument("--peer-python", required=True, help="python of an environment with llmcompressor")
     parser.add_argument("--methods", default="gptq,sparsegpt")
-    parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--calib", default="pydoc")
-    parser.add_argument("--windows", type=int, default=16)
-    parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     methods = args.methods.split(",")
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"--methods: unknown {sorted(unknown)}; choose from {sorted(METHODS)}")
 
-    model, tok = tc.load("default")
-    calib = tc.data.calibration(args.calib, tok, n=128, seqlen=512, seed=0)
-    windows = tc.data.windows(Path(args.data) / "wikitext2" / "wiki.test.raw", tok, seqlen=2048, limit=args.windows)
-    perplexity = lambda m: tc.eval.perplexity(m, tok, windows, seqlen=2048, progress=False)  # noqa: E731
+    protocol = Protocol(args)
+    model, tok, calib = protocol.model, protocol.tokenizer, protocol.calib
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -104,15 +100,15 @@ def main() -> None:
             check_peer(method, weights)
             ours = copy.deepcopy(model)
             start = time.perf_counter()
-            tc.apply(ours, tc.methods.method_from(METHODS[method][0]), calib)
+            tc.apply(ours, METHODS[method][0], calib)
             seconds = time.perf_counter() - start
             for tool, compressed, took in (("llm-compressor", with_weights(model, weights), peer_seconds),
                                            ("tcompress", ours, seconds)):
-                rows.append({"method": method, "tool": tool, "wikitext2_ppl": perplexity(compressed),
+                rows.append({"method": method, "tool": tool, "wikitext2_ppl": protocol.perplexity(compressed),
                              "seconds": took, "vs_llm_compressor": took / peer_seconds})
-                print(tc.report.format_table(rows[-1:]), flush=True)
+                show(rows[-1:])
     tc.report.write_json(Path(args.out) / "peers.json", rows)
-    print(f"\ndefault model, calibration {args.calib} 128 x 512, WikiText-2 {args.windows} x 2048")
+    print(f"\n{protocol.describe()}")
     print(tc.report.format_table(rows))
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 import tcompress as tc
-from tcompress.eval.latency import BenchReport, BenchRow, PeakMemory
+from tcompress.core.memory import PeakMemory
+from tcompress.eval.harness import BenchReport, BenchRow
 from tcompress.export.verify import llama_cpp_available
 
 ROWS = ("fp32:hf", "fp32:tcompress", "w8:hf", "w8:tcompress", "w8:lean", "w4:hf", "w4:tcompress", "w4:lean",

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import tcompress as tc
-from tcompress.eval.latency import tensor_bytes
+from tcompress.core.sizes import tensor_bytes
 from tcompress.prune.tokens import merge_tokens
 
 

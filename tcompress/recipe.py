@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 from torch import nn
 
-from tcompress import data
-from tcompress.apply import apply
-from tcompress.methods import Method, method_from
+from tcompress.data.text import calibration
+from tcompress.engine.apply import apply
+from tcompress.engine.method import Method, method_from
 
 CALIBRATION_FIELDS = {"source", "n", "seqlen", "seed", "split"}
 DEFAULT_CALIBRATION = {"source": "pydoc", "n": 128, "seqlen": 512, "seed": 0}
@@ -41,7 +41,7 @@ class Recipe:
         calib = None
         if self.needs_data:
             options = dict(self.calibration)
-            calib = data.calibration(options.pop("source", "pydoc"), tokenizer, **options)
+            calib = calibration(options.pop("source", "pydoc"), tokenizer, **options)
         for stage in self.stages:
             apply(model, stage, calib, progress=progress)
         return model
@@ -59,14 +59,14 @@ def parse(spec: dict[str, Any]) -> Recipe:
         if not isinstance(stage, dict):
             raise ValueError(f"recipe stage {index} must be a mapping like {{method: gptq, bits: 4}}, got {stage!r}")
         try:
-            built.append(method_from({k: tuple(v) if isinstance(v, list) else v for k, v in stage.items()}))
+            built.append(method_from(stage))
         except (TypeError, ValueError) as error:
             raise ValueError(f"recipe stage {index}: {error}") from None
-    calibration = spec.get("calibration", {})
-    unknown = set(calibration) - CALIBRATION_FIELDS
+    options = spec.get("calibration", {})
+    unknown = set(options) - CALIBRATION_FIELDS
     if unknown:
         raise ValueError(f"recipe 'calibration' has unknown field(s) {sorted(unknown)}; allowed: {sorted(CALIBRATION_FIELDS)}")
-    return Recipe(tuple(built), {**DEFAULT_CALIBRATION, **calibration})
+    return Recipe(tuple(built), {**DEFAULT_CALIBRATION, **options})
 
 
 def load(path: str | os.PathLike) -> Recipe:

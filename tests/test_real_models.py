@@ -5,7 +5,7 @@ import torch
 
 import tcompress as tc
 
-from conftest import needs_default, needs_minilm
+from helpers import needs_default, needs_minilm
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_default_model_layerwise_equals_full_forward(default):
     with torch.no_grad():
         model(ids, use_cache=False)
     handle.remove()
-    out = tc.calib.sequential(model, ids, batch_size=2, progress=False)
+    out = tc.engine.sequential(model, ids, batch_size=2, progress=False)
     torch.testing.assert_close(out[0], captured["out"], rtol=1e-4, atol=1e-4)
 
 

@@ -3,9 +3,10 @@ import yaml
 
 import tcompress as tc
 from tcompress.cli import main
-from tcompress.quantize import GPTQ, QuantLinear
+from tcompress.packed import QuantLinear
+from tcompress.quantize import GPTQ
 
-from conftest import build
+from helpers import build
 
 
 def test_recipe_runs_its_stages_in_order_on_shared_calibration(tmp_path, tokenizer):
@@ -20,7 +21,7 @@ def test_recipe_runs_its_stages_in_order_on_shared_calibration(tmp_path, tokeniz
     recipe.run(model, tokenizer, progress=False)
     assert model.model.layers[0].self_attn.q_proj.grid.bits == 4
     assert model.model.layers[0].mlp.down_proj.grid.bits == 8  # left by stage 0, taken by stage 1
-    assert [a["method"] for a in tc.export.record_of(model).applied] == ["gptq", "rtn"]
+    assert [a["method"] for a in tc.checkpoint.record_of(model).applied] == ["gptq", "rtn"]
 
 
 def test_the_shipped_recipes_parse():

@@ -127,7 +127,7 @@ def tokenize(text: str, tokenizer: Any, special: bool = True) -> Tensor:
 def windows(source: str | os.PathLike, tokenizer: Any, seqlen: int = 2048, limit: int | None = None,
             split: str = "test") -> Tensor:
     """Non-overlapping windows of `seqlen` tokens over the whole text, `[n, seqlen]`."""
-    _check_positive(seqlen=seqlen, limit=limit)
+    check_positive(seqlen=seqlen, limit=limit)
     ids = tokenize(load_text(source, split), tokenizer)
     count = ids.numel() // seqlen
     if count == 0:
@@ -143,7 +143,7 @@ def calibration(source: str | os.PathLike, tokenizer: Any, n: int = 128, seqlen:
     Each sample is framed as the tokenizer frames an input (e.g. `[CLS] ... [SEP]` for
     BERT; nothing for GPT-2-style tokenizers), so the calibration activations include
     those tokens' as the model's real inputs do."""
-    _check_positive(n=n, seqlen=seqlen)
+    check_positive(n=n, seqlen=seqlen)
     before, after = special_tokens(tokenizer)
     body = seqlen - len(before) - len(after)
     ids = tokenize(load_text(source, split), tokenizer, special=False)
@@ -166,7 +166,7 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     return framed[:at], framed[at + len(plain):]
 
 
-def _check_positive(**values: int | None) -> None:
+def check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")

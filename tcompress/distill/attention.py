@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from tcompress.distill.base import DistillLoss, Outputs, block_count, layer_map, wide
+from tcompress.distill.forward import value_width
 
 
 def distribution_kl(teacher: Tensor, student: Tensor) -> Tensor:
@@ -69,8 +70,6 @@ class ValueRelationKD(DistillLoss):
         self.pairs: list[tuple[int, int]] = []
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        from tcompress.distill.forward import value_width
-
         self.pairs = layer_map(self.layers, block_count(student), block_count(teacher), "value", first=0)
         config = teacher.config
         if self.heads is None:

@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from tcompress.models.adapters import adapter
+
 NEEDS = ("logits", "hidden_states", "attentions", "values")
 
 
@@ -58,7 +60,6 @@ def wide(x: Tensor) -> Tensor:
 
 
 def block_count(model: nn.Module) -> int:
-    from tcompress.models.adapters import adapter
 
     return len(adapter(model).blocks())
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tcompress.data.text import _check_positive, load_text, tokenize
+from tcompress.data.text import check_positive, load_text, tokenize
 
 Teacher = nn.Module | Callable[[list[str]], list[str]]
 
@@ -27,7 +27,7 @@ Teacher = nn.Module | Callable[[list[str]], list[str]]
 def text_blocks(source: str | os.PathLike, tokenizer: Any, seqlen: int = 512, n: int | None = None,
                 split: str = "validation", text: str | None = None) -> Tensor:
     """Consecutive blocks of `seqlen` tokens over a corpus (or `text`), `[n, seqlen]`."""
-    _check_positive(seqlen=seqlen, n=n)
+    check_positive(seqlen=seqlen, n=n)
     ids = tokenize(text if text is not None else load_text(source, split), tokenizer)
     count = ids.numel() // seqlen
     if count == 0:
@@ -42,7 +42,7 @@ def generate_texts(teacher: Teacher, tokenizer: Any, prompts: Sequence[str] | No
                    seed: int = 0, progress: bool = True) -> list[str]:
     """Continuations written by `teacher`, one per prompt (or `n` from the start token),
     each returned with its prompt in front."""
-    _check_positive(n=n, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    check_positive(n=n, max_new_tokens=max_new_tokens, batch_size=batch_size)
     prompts = list(prompts) if prompts is not None else [""] * n
     if not prompts:
         raise ValueError("prompts is empty: give some, or None to write from the start-of-text token")

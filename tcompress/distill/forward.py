@@ -8,6 +8,7 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
+from tcompress.core.modules import linear_weight
 from tcompress.distill.base import Outputs
 from tcompress.models.adapters import adapter
 
@@ -46,8 +47,6 @@ def captured_values(model: nn.Module, layers: list[int]) -> Iterator[dict[int, T
 
 
 def value_width(model: nn.Module) -> int:
-    from tcompress.models.adapters import linear_weight
-
     linear, third = _value_linear(adapter(model), 0)
     width = linear_weight(linear).shape[0]
     return width // 3 if third else width

@@ -13,7 +13,8 @@ import copy
 import torch
 from torch import nn
 
-from tcompress.models.adapters import adapter, linear_weight
+from tcompress.core.modules import linear_weight
+from tcompress.models.adapters import adapter
 from tcompress.prune.shrink import drop_blocks, keep_channels
 
 

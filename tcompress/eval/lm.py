@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tcompress import data
-from tcompress.runtime.heap import reuse_freed_memory
+from tcompress.core.memory import reuse_freed_memory
 
 
 def context_length(model: nn.Module) -> int | None:

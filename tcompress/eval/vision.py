@@ -6,20 +6,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tcompress.data.vision import ImageSet
-
-
-def check_images(model: nn.Module, pixel_values: torch.Tensor) -> None:
-    """Refuse images whose shape the model was not built for, naming both."""
-    config = getattr(model, "config", None)
-    channels, size = getattr(config, "num_channels", None), getattr(config, "image_size", None)
-    if channels is None or size is None:
-        return
-    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    expected = (channels, *size)
-    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-        raise ValueError(f"images of shape {tuple(pixel_values.shape[1:])} (channels, height, width) do not fit this "
-                         f"model, which takes {expected}: resize or convert them with the model's image processor")
+from tcompress.data.vision import ImageSet, check_images
 
 
 @torch.no_grad()

@@ -23,9 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from tcompress.export.plain import dequantized
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid, quantize_weight
-from tcompress.quantize.int8 import Int8Linear, quantize_rows
+from tcompress.models.loading import drop_gguf_marker
+from tcompress.packed.grid import Grid, quantize_weight
+from tcompress.packed.int8 import Int8Linear, quantize_rows
+from tcompress.packed.quant_linear import QuantLinear
 
 
 @dataclass
@@ -43,8 +44,6 @@ def export_compressed_tensors(model: nn.Module, processor: Any, folder: str | os
     except ImportError as error:
         raise ImportError("the compressed-tensors export needs the compressed-tensors package: "
                           "pip install compressed-tensors") from error
-    from tcompress.export.checkpoint import drop_gguf_marker
-
     quantized = {name: m for name, m in model.named_modules() if isinstance(m, (QuantLinear, Int8Linear))}
     if not quantized:
         raise ValueError("the model has no quantized linears (QuantLinear or Int8Linear) to export; "

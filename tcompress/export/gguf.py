@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from tcompress.models.adapters import adapter
-from tcompress.quantize.formats import QuantLinear
+from tcompress.packed.quant_linear import QuantLinear
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from tcompress.export.packed import PACKED_MODULES
-from tcompress.methods import replace_module
-from tcompress.quantize.embedding import QuantEmbedding
+from tcompress.core.modules import replace_module
+from tcompress.models.loading import drop_gguf_marker
+from tcompress.packed.embedding import QuantEmbedding
+from tcompress.packed.registry import packed_modules
 
 
 def dequantized(model: nn.Module) -> nn.Module:
     """A copy of `model` with every packed module replaced by the float linear it computes."""
     plain = copy.deepcopy(model)
-    packed = tuple(PACKED_MODULES.values())
-    for name, module in [(n, m) for n, m in plain.named_modules() if isinstance(m, packed)]:
+    for name, module in packed_modules(plain).items():
         if isinstance(module, QuantEmbedding):
             replace_module(plain, name, nn.Embedding.from_pretrained(module.dequantize(torch.float32), freeze=True,
                                                                      padding_idx=module.padding_idx))
@@ -41,8 +41,6 @@ def dequantized(model: nn.Module) -> nn.Module:
 
 def export_hf(model: nn.Module, processor: Any, folder: str | os.PathLike) -> Path:
     """Write `model` as a plain float folder (dequantized), loadable with `from_pretrained`."""
-    from tcompress.export.checkpoint import drop_gguf_marker
-
     plain = dequantized(model)
     drop_gguf_marker(plain)
     folder = Path(folder)

@@ -9,13 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from tcompress.data.text import windows
 from tcompress.eval.lm import Fidelity, agreement, fidelity
 
 
 def check_prompts(tokenizer: Any, count: int = 8, seqlen: int = 128) -> torch.Tensor:
     """The fixed prompt set: `count` windows of `seqlen` tokens of Python's documentation."""
-    from tcompress.data.text import windows
-
     return windows("pydoc", tokenizer, seqlen=seqlen, limit=count)
 
 

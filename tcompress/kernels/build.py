@@ -13,6 +13,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from tcompress.core.cache import cache_root
+
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.c", "step.c", "obs.c")]
@@ -38,8 +40,6 @@ def cpu_signature() -> str:
 
 
 def library_path(cc: str) -> Path:
-    from tcompress.models.named import cache_root
-
     key = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join([cc, *FLAGS]).encode() + cpu_signature().encode())
     return cache_root() / "kernels" / f"qgemm-{key.hexdigest()[:16]}.so"
 

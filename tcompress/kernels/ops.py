@@ -1,6 +1,8 @@
-"""QuantLinear's product from its packed codes, `x @ dequantize(W).T + bias`, on CPU.
+"""Ops on tensors and ints (never a module): packed-code products, the float parts of a
+decode step, and the OBS column sweep, each one C call.
 
-Three routes, chosen by the number of tokens (measured per shape by `benchmarks/kernels.py`):
+The packed product `x @ dequantize(W).T + bias` (the codes as `QuantLinear` stores them) takes
+one of three routes, chosen by the number of tokens (measured per shape by `benchmarks/kernels.py`):
 - 1-2 tokens (decoding one or two sequences): the int8 GEMV. The activations are rounded to
   int8 per block of 32 (scale max|x| / 127, as llama.cpp does on CPU) and the codes multiply
   as integers: fewer instructions a weight than converting them to float. The outputs differ
@@ -31,16 +33,11 @@ if GEMV_ACTIVATIONS not in ("int8", "float"):
     raise ValueError(f"TCOMPRESS_GEMV must be int8 or float, got {GEMV_ACTIVATIONS!r}")
 
 
-def supports(module, x: Tensor) -> bool:
-    """Whether the kernels serve this module and input."""
-    return layer_fits(module) and input_fits(x)
-
-
-def layer_fits(module) -> bool:
-    """4 or 8 bits, input width and group a multiple of 32, and the kernels built."""
-    group = group_of(module)
-    return (module.grid.bits in (4, 8) and module.in_features % 32 == 0 and group % 32 == 0
-            and module.in_features % group == 0 and library() is not None)
+def fits(bits: int, in_features: int, group: int) -> bool:
+    """Whether the kernels serve packed codes of `bits` bits, rows of `in_features` codes and
+    groups of `group` (4 or 8 bits, width and group multiples of 32) and are built."""
+    return (bits in (4, 8) and in_features % 32 == 0 and group % 32 == 0 and in_features % group == 0
+            and library() is not None)
 
 
 def input_fits(x: Tensor) -> bool:
@@ -49,42 +46,47 @@ def input_fits(x: Tensor) -> bool:
             and not (x.requires_grad and torch.is_grad_enabled()))
 
 
-def linear(module, x: Tensor) -> Tensor:
-    """`x` `[..., in]` times the module's quantized weight plus its bias, by the faster route
-    for the number of tokens (input scale and outlier columns are the caller's)."""
-    rows = x.reshape(-1, module.in_features)
+def qlinear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bits: int, group: int,
+            bias: Tensor | None) -> Tensor:
+    """`x` `[..., in]` times the weight packed as `qweight` `[out, packed]` with per-group fp16
+    `scales`, `zeros` `[out, in / group]`, plus `bias`, by the faster route for the number of
+    tokens."""
+    in_features = x.shape[-1]
+    rows = x.reshape(-1, in_features)
     if rows.shape[0] <= MAX_GEMV_TOKENS:
         int8 = GEMV_ACTIVATIONS == "int8" and rows.shape[0] <= INT8_GEMV_TOKENS
-        out = qgemm(module, rows, "int8" if int8 else "float")
+        out = qgemm(rows, qweight, scales, zeros, bits, group, bias, "int8" if int8 else "float")
     else:
-        weight, order = decoded_weight(module)
-        out = F.linear(rows if order is None else rows.index_select(1, order), weight, _bias(module))
-    return out.reshape(*x.shape[:-1], module.out_features)
+        weight, order = decoded_weight(qweight, scales, zeros, in_features, bits, group)
+        out = F.linear(rows if order is None else rows.index_select(1, order), weight, _float32(bias))
+    return out.reshape(*x.shape[:-1], qweight.shape[0])
 
 
-def qgemm(module, rows: Tensor, activations: str | None = None) -> Tensor:
-    """`rows` `[tokens, in]` (at most 32) times the quantized weight, straight from the codes;
+def qgemm(rows: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bits: int, group: int,
+          bias: Tensor | None, activations: str | None = None) -> Tensor:
+    """`rows` `[tokens, in]` (at most 32) times the packed weight, straight from the codes;
     `activations` "int8" or "float" (default: `GEMV_ACTIVATIONS`)."""
     rows = rows.contiguous()
-    out = torch.empty(rows.shape[0], module.out_features, dtype=torch.float32)
-    bias = _bias(module)
+    out_features, in_features = qweight.shape[0], rows.shape[1]
+    out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
+    bias = _float32(bias)
     lib = library()
     kernel = lib.tc_qgemv_i8 if (activations or GEMV_ACTIVATIONS) == "int8" else lib.tc_qgemm_f32
-    _check(kernel(
-        rows.data_ptr(), rows.shape[0], module.in_features, module.qweight.data_ptr(), module.out_features,
-        module.scales.data_ptr(), module.zeros.data_ptr(), group_of(module), module.grid.bits,
-        None if bias is None else bias.data_ptr(), out.data_ptr(), torch.get_num_threads()), module)
+    _check(kernel(rows.data_ptr(), rows.shape[0], in_features, qweight.data_ptr(), out_features, scales.data_ptr(),
+                  zeros.data_ptr(), group, bits, None if bias is None else bias.data_ptr(), out.data_ptr(),
+                  torch.get_num_threads()), bits, in_features)
     return out
 
 
-def decoded_weight(module) -> tuple[Tensor, Tensor | None]:
+def decoded_weight(qweight: Tensor, scales: Tensor, zeros: Tensor, in_features: int, bits: int, group: int
+                   ) -> tuple[Tensor, Tensor | None]:
     """The float weight `[out, in]` decoded by the C code, and the input-column order it is in
     (None: natural; 4 bits: in every 32 columns the even ones, then the odd ones)."""
-    weight = torch.empty(module.out_features, module.in_features, dtype=torch.float32)
-    _check(library().tc_dequantize(
-        module.qweight.data_ptr(), module.out_features, module.in_features, module.scales.data_ptr(),
-        module.zeros.data_ptr(), group_of(module), module.grid.bits, weight.data_ptr(), torch.get_num_threads()), module)
-    return weight, (column_order(module.in_features) if module.grid.bits == 4 else None)
+    out_features = qweight.shape[0]
+    weight = torch.empty(out_features, in_features, dtype=torch.float32)
+    _check(library().tc_dequantize(qweight.data_ptr(), out_features, in_features, scales.data_ptr(), zeros.data_ptr(),
+                                   group, bits, weight.data_ptr(), torch.get_num_threads()), bits, in_features)
+    return weight, (column_order(in_features) if bits == 4 else None)
 
 
 @functools.cache
@@ -93,73 +95,81 @@ def column_order(in_features: int) -> Tensor:
     return (torch.arange(0, in_features, 32)[:, None] + chunk).reshape(-1)
 
 
-def group_of(module) -> int:
-    """Input channels per scale of a packed module (the whole row when per-channel)."""
-    return module.grid.group_size or module.in_features
-
-
-def _bias(module) -> Tensor | None:
-    bias = module.bias
+def _float32(bias: Tensor | None) -> Tensor | None:
     return bias if bias is None or bias.dtype == torch.float32 else bias.float()
 
 
-def _check(status: int, module) -> None:
+def _check(status: int, bits: int, in_features: int) -> None:
     if status != 0:
-        raise ValueError(f"the CPU kernel refused a {module.grid.bits}-bit layer of width {module.in_features}")
+        raise ValueError(f"the CPU kernel refused a {bits}-bit layer of width {in_features}")
 
 
-def int8_gemm(codes: Tensor, token_scale: Tensor, module) -> Tensor:
+def int8_gemm(codes: Tensor, token_scale: Tensor, qweight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
     """W8A8: int8 `codes` `[tokens, in]` with per-token `token_scale` `[tokens, 1]` times the
-    module's int8 weight, exact in int32, scaled per token and channel, plus bias: the same
-    float operations as the reference, in the same order."""
+    int8 weight `qweight` `[out, in]` with per-channel fp32 `scales` `[out]`, exact in int32,
+    scaled per token and channel, plus bias: the same float operations as the reference, in
+    the same order."""
     codes = codes.contiguous()
     token_scale = token_scale.float().contiguous()
-    out = torch.empty(codes.shape[0], module.out_features, dtype=torch.float32)
-    bias = _bias(module)
-    library().tc_int8_gemm(codes.data_ptr(), token_scale.data_ptr(), codes.shape[0], module.in_features,
-                           module.qweight.data_ptr(), module.scales.data_ptr(), module.out_features,
-                           None if bias is None else bias.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    out_features, in_features = qweight.shape
+    out = torch.empty(codes.shape[0], out_features, dtype=torch.float32)
+    bias = _float32(bias)
+    library().tc_int8_gemm(codes.data_ptr(), token_scale.data_ptr(), codes.shape[0], in_features, qweight.data_ptr(),
+                           scales.data_ptr(), out_features, None if bias is None else bias.data_ptr(), out.data_ptr(),
+                           torch.get_num_threads())
     return out
 
 
-class SharedInputLinears:
-    """QuantLinears that read the same input (q, k, v; gate, up), multiplied in one kernel call
-    when decoding: the input is rounded once and the threads share out all of their rows.
-    Where the call does not apply (prefill, other layer types, float activations), each module
-    runs on its own. Build it after the model has its final device and dtype: it keeps the
-    buffers' addresses."""
+class MultiGemv:
+    """Several packed weights that read one input (q, k, v; gate, up), multiplied in one kernel
+    call of up to `INT8_GEMV_TOKENS` rows: the input is rounded to int8 once and the threads
+    share out all of their rows. It keeps the tensors' addresses: build it once they are final."""
 
-    def __init__(self, modules: list) -> None:
-        from tcompress.quantize.formats import QuantLinear
+    def __init__(self, qweights: list[Tensor], scales: list[Tensor], zeros: list[Tensor],
+                 biases: list[Tensor | None], in_features: int, bits: int, group: int):
+        count = len(qweights)
+        self.in_features, self.bits, self.group = in_features, bits, group
+        self.sizes = [q.shape[0] for q in qweights]
+        self._args = ((ctypes.c_void_p * count)(*[q.data_ptr() for q in qweights]),
+                      (ctypes.c_int * count)(*self.sizes),
+                      (ctypes.c_void_p * count)(*[s.data_ptr() for s in scales]),
+                      (ctypes.c_void_p * count)(*[z.data_ptr() for z in zeros]),
+                      (ctypes.c_void_p * count)(*[None if b is None else b.data_ptr() for b in biases]))
 
-        self.modules = modules
-        first = modules[0]
-        self.fused = (all(isinstance(m, QuantLinear) for m in modules) and layer_fits(first)
-                      and len({(m.in_features, m.grid) for m in modules}) == 1 and len(modules) <= 16
-                      and all(m.input_scale is None and m.outlier_index is None and m.input_quantizer is None
-                              and (m.bias is None or m.bias.dtype == torch.float32) for m in modules))
-        if self.fused:
-            count = len(modules)
-            self.sizes = [m.out_features for m in modules]
-            self._args = ((ctypes.c_void_p * count)(*[m.qweight.data_ptr() for m in modules]),
-                          (ctypes.c_int * count)(*self.sizes),
-                          (ctypes.c_void_p * count)(*[m.scales.data_ptr() for m in modules]),
-                          (ctypes.c_void_p * count)(*[m.zeros.data_ptr() for m in modules]),
-                          (ctypes.c_void_p * count)(*[None if m.bias is None else m.bias.data_ptr() for m in modules]))
-
-    def __call__(self, x: Tensor) -> list[Tensor]:
-        rows = x.reshape(-1, x.shape[-1])
-        if not self.fused or rows.shape[0] > INT8_GEMV_TOKENS or GEMV_ACTIVATIONS != "int8" or not input_fits(x):
-            return [m(x) for m in self.modules]
+    def __call__(self, rows: Tensor) -> list[Tensor]:
+        """`rows` `[tokens, in]` fp32 times every weight: one `[tokens, out_i]` each."""
         rows = rows.contiguous()
         outs = [torch.empty(rows.shape[0], size, dtype=torch.float32) for size in self.sizes]
-        first = self.modules[0]
         qweights, sizes, scales, zeros, biases = self._args
         outputs = (ctypes.c_void_p * len(outs))(*[o.data_ptr() for o in outs])
-        _check(library().tc_qgemv_i8_multi(rows.data_ptr(), rows.shape[0], first.in_features, len(outs), qweights,
-                                           sizes, scales, zeros, biases, outputs, group_of(first), first.grid.bits,
-                                           torch.get_num_threads()), first)
-        return [o.reshape(*x.shape[:-1], o.shape[1]) for o in outs]
+        _check(library().tc_qgemv_i8_multi(rows.data_ptr(), rows.shape[0], self.in_features, len(outs), qweights,
+                                           sizes, scales, zeros, biases, outputs, self.group, self.bits,
+                                           torch.get_num_threads()), self.bits, self.in_features)
+        return outs
+
+
+def obs_sweep(rows: Tensor, factor: Tensor, start: int, stop: int, end: int, errors: Tensor,
+              keep: Tensor | None, scales: Tensor | None, zeros: Tensor | None, groups: Tensor | None,
+              maxq: int, codes: Tensor | None) -> bool:
+    """The OBS column sweep (`solvers.obs.sweep`) in C; False (nothing done) where it cannot run:
+    no kernels, or tensors that are not contiguous float32 (int32 groups, uint8 codes, bool
+    mask) on CPU."""
+    tensors = [t for t in (rows, factor, errors, keep, scales, zeros, groups, codes) if t is not None]
+    floats = [t for t in (rows, factor, errors, scales, zeros) if t is not None]
+    if (library() is None or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors)
+            or any(t.dtype != torch.float32 for t in floats)
+            or (groups is not None and groups.dtype != torch.int32)
+            or (codes is not None and codes.dtype != torch.uint8) or (keep is not None and keep.dtype != torch.bool)):
+        return False
+    status = library().tc_obs_sweep(
+        rows[start].data_ptr(), rows.shape[1], stop - start, end - start, factor[start, start:].data_ptr(),
+        factor.shape[1], None if keep is None else keep[start].data_ptr(),
+        None if scales is None else scales.data_ptr(), None if zeros is None else zeros.data_ptr(),
+        None if groups is None else groups[start:].data_ptr(), maxq,
+        None if codes is None else codes[start].data_ptr(), errors.data_ptr(), torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"tc_obs_sweep rejected rows {tuple(rows.shape)}, columns {start}..{stop} of {end}")
+    return True
 
 
 # ---- the float parts of a decode step, one C call each (fp32, contiguous) ----

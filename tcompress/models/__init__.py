@@ -1,10 +1,9 @@
-"""Loading models (named offline models, HF folders, hub ids, GGUF) and family adapters."""
+"""Layer 2: reading models (named offline models, HF folders, hub ids, GGUF) and the family
+adapters that say where their blocks, linears, norms and embeddings are."""
 
-from tcompress.models.adapters import Adapter, Block, Family, adapter, is_linear, linear_weight
-from tcompress.models.loading import ModelSpecError, UnsupportedArchitectureError, load
+from tcompress.models.adapters import Adapter, Block, Family, adapter
+from tcompress.models.loading import ModelSpecError, UnsupportedArchitectureError, drop_gguf_marker
 from tcompress.models.named import NAMED, MissingPackageError
 
-__all__ = [
-    "Adapter", "Block", "Family", "adapter", "is_linear", "linear_weight", "load",
-    "ModelSpecError", "UnsupportedArchitectureError", "MissingPackageError", "NAMED",
-]
+__all__ = ["Adapter", "Block", "Family", "adapter", "ModelSpecError", "UnsupportedArchitectureError",
+           "drop_gguf_marker", "NAMED", "MissingPackageError"]

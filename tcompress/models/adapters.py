@@ -10,29 +10,13 @@ linear of a block in one group; a module with no such stack is one block by itse
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field, replace
 
-from torch import Tensor, nn
+from torch import nn
+
+from tcompress.core.modules import is_linear
 
 log = logging.getLogger(__name__)
-
-
-
-def conv1d_type() -> type | tuple:
-    """transformers' `Conv1D` (GPT-2's linears) once transformers' model code is loaded, else
-    an empty tuple: no model can hold one before, and tcompress imports without transformers."""
-    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", ())
-
-
-def is_linear(module: nn.Module) -> bool:
-    """True for `nn.Linear` and GPT-2's `Conv1D` (a linear stored transposed)."""
-    return isinstance(module, (nn.Linear, conv1d_type()))
-
-
-def linear_weight(module: nn.Module) -> Tensor:
-    """The weight of a linear as `[out, in]`, a view (Conv1D stores `[in, out]`)."""
-    return module.weight.t() if isinstance(module, conv1d_type()) else module.weight
 
 
 @dataclass(frozen=True)
@@ -162,7 +146,7 @@ VIT_LEGACY = replace(  # the layout of transformers before 5
     v_source="attention.attention.value",
     head_config=False,
 )
-FAMILIES = (LLAMA, OPT, GPT2, BERT, VIT, VIT_LEGACY)
+ARCHITECTURES = (LLAMA, OPT, GPT2, BERT, VIT, VIT_LEGACY)
 
 
 @dataclass
@@ -313,7 +297,7 @@ def _generic_blocks_name(model: nn.Module) -> str | None:
 
 def _families_of(model: nn.Module) -> list[Family]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return [f for f in FAMILIES if model_type in f.model_types]
+    return [f for f in ARCHITECTURES if model_type in f.model_types]
 
 
 def _fits(model: nn.Module, family: Family) -> str | None:

@@ -7,7 +7,6 @@ runner, a CLI) are not needed to read the files they carry.
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -73,10 +72,3 @@ def locate(name: str) -> Path:
 
 def version(name: str) -> str:
     return metadata.version(NAMED[name].package)  # the bundled model's is tcompress's
-
-
-def cache_root() -> Path:
-    """Where converted models are cached: $TCOMPRESS_CACHE, else ~/.cache/tcompress."""
-    env = os.environ.get("TCOMPRESS_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tcompress"
-    return base

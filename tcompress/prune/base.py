@@ -4,14 +4,15 @@ from scores, and storing the result as a `SparseLinear`."""
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
-from tcompress.methods import LinearMethod
-from tcompress.models.adapters import linear_weight
+from tcompress.core.modules import linear_weight
+from tcompress.engine.method import LinearMethod, option
+from tcompress.packed.sparse import SparseLinear
 from tcompress.prune.masks import check_sparsity, keep_mask, nm_keep_mask, parse_pattern
-from tcompress.prune.sparse import SparseLinear
 
 DEFAULT_SPARSITY = 0.5
 
@@ -25,11 +26,12 @@ class Pruner(LinearMethod):
     wins), and `pattern` ("2:4", "4:8") asks for N kept weights in every M consecutive
     inputs of a row instead (its sparsity is 1 - N/M)."""
 
-    sparsity: float | None = None
-    pattern: str | None = None
-    per_layer: dict[str, float] = field(default_factory=dict)
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
+    kind: ClassVar[str] = "prune"
+    sparsity: float | None = option(None, "share of each linear's weights set to zero, in [0, 1) (none: 0.5, or "
+                                     "the pattern's)")
+    pattern: str | None = option(None, "N kept weights in every M consecutive inputs, e.g. 2:4 (instead of a sparsity)")
+    per_layer: dict[str, float] = option(default_factory=dict, help="sparsities by fnmatch pattern of linear "
+                                         "names, e.g. *mlp*=0.6+*attn*=0.4 (the first match wins)")
 
     def __post_init__(self) -> None:
         if self.sparsity is not None:
@@ -43,6 +45,12 @@ class Pruner(LinearMethod):
                                  f"(which prunes {1 - n / m:g}): give one of them")
             if self.per_layer:
                 raise ValueError("per_layer sparsities do not apply with an N:M pattern")
+
+    def headline(self) -> list[str]:
+        return [self.pattern or f"{self.sparsity_of(''):.0%}"]
+
+    def headline_fields(self) -> tuple[str, ...]:
+        return ("sparsity", "pattern")
 
     @property
     def nm(self) -> tuple[int, int] | None:

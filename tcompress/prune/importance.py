@@ -19,7 +19,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tcompress.models.adapters import Adapter, linear_weight
+from tcompress.core.modules import linear_weight
+from tcompress.engine.inputs import batches_of, call_model, no_kv_cache
+from tcompress.models.adapters import Adapter
 
 
 @dataclass
@@ -32,8 +34,6 @@ class Importance:
 
 def measure(model: nn.Module, parts: Adapter, calib: Any, heads: bool = True, progress: bool = True) -> Importance:
     """Scores of every block's heads (if `heads`), FFN channels and the blocks themselves."""
-    from tcompress.calib import batches_of, call_model, no_kv_cache
-
     blocks = parts.blocks()
     n = len(blocks)
     grams = [None] * n  # attention output projection's input Gram, [width, width]

@@ -8,14 +8,16 @@ from typing import Any
 
 from torch import nn
 
-from tcompress.methods import register
+from tcompress.engine.method import register
+from tcompress.packed.sparse import SparseLinear
 from tcompress.prune.base import Pruner
-from tcompress.prune.sparse import SparseLinear
 
 
 @register
 @dataclass(frozen=True)
 class Magnitude(Pruner):
+    """Magnitude pruning: the weights of smallest |w| across each linear go; no data."""
+
     name = "magnitude"
     needs_data = False
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import replace_module
-from tcompress.models.adapters import Adapter, Block, conv1d_type, linear_weight
+from tcompress.core.modules import conv1d_type, linear_weight, replace_module
+from tcompress.models.adapters import Adapter, Block
 
 
 def keep_outputs(linear: nn.Module, index: Tensor) -> nn.Module:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import register
+from tcompress.engine.method import option, register
+from tcompress.packed.grid import Grid, group_grid
+from tcompress.packed.quant_linear import QuantLinear
 from tcompress.prune.base import Pruner
 from tcompress.prune.masks import keep_mask, lowest
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.gptq import HessianStats, group_grid, inverse_hessian_factor
-from tcompress.quantize.grid import Grid
-from tcompress.quantize.obs import runs, sweep
+from tcompress.solvers.hessian import HessianStats, inverse_hessian_factor
+from tcompress.solvers.obs import runs, sweep
 
 
 @dataclass
@@ -80,18 +80,19 @@ def sparsegpt_prune(w: Tensor, h: Tensor, sparsity: float, *, nm: tuple[int, int
 @register
 @dataclass(frozen=True)
 class SparseGPT(Pruner):
-    """SparseGPT pruning (optionally with quantization: set `bits`)."""
+    """SparseGPT: weights pruned column by column with OBS updates of the kept ones, the mask
+    chosen as it goes. With `bits`, the kept weights are quantized in the same pass."""
 
     name = "sparsegpt"
     true_sequential = True
     input_only_stats = True  # the Hessian is the inputs' alone: q, k and v share one
-    block_size: int = 128
-    # fraction of the mean Hessian diagonal added to it; 0.1 rather than the paper's 0.01, for
-    # GPTQ's reason (see gptq.py): calibration text rarely matches what the model serves
-    damp: float = 0.1
-    bits: int | None = None  # quantize the kept weights too (joint mode): 2, 3, 4 or 8
-    group_size: int | None = 64  # with bits: input channels per scale; None: per channel
-    symmetric: bool = False
+    block_size: int = option(128, "columns per lazy block (and per adaptive mask)")
+    # 0.1 rather than the paper's 0.01, for GPTQ's reason (see gptq.py): calibration text
+    # rarely matches what the model serves
+    damp: float = option(0.1, "fraction of the mean Hessian diagonal added to it, in [0, 1)")
+    bits: int | None = option(None, "also quantize the kept weights (joint mode): 2, 3, 4 or 8")
+    group_size: int | None = option(64, "with bits: input channels per scale, or 'channel'", none="channel")
+    symmetric: bool = option(False, "with bits: symmetric grid")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,6 +103,14 @@ class SparseGPT(Pruner):
         if self.nm is not None and self.block_size % self.nm[1]:
             raise ValueError(f"block_size={self.block_size} must be a multiple of M={self.nm[1]} of the pattern")
         _ = self.grid  # validates bits and group_size now
+
+    def headline(self) -> list[str]:
+        if self.bits is None:
+            return super().headline()
+        return [*super().headline(), f"W{self.bits}", f"g{self.group_size}" if self.group_size else "per-channel"]
+
+    def headline_fields(self) -> tuple[str, ...]:
+        return (*super().headline_fields(), "bits", "group_size")
 
     @property
     def grid(self) -> Grid | None:

@@ -23,8 +23,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tcompress.methods import ModelMethod, register
-from tcompress.models.adapters import Adapter, Block, adapter, linear_weight
+from tcompress.core.modules import linear_weight
+from tcompress.engine.inputs import batches_of, no_kv_cache
+from tcompress.engine.method import ModelMethod, option, register
+from tcompress.models.adapters import Adapter, Block, adapter
 from tcompress.prune import importance as importance_
 from tcompress.prune.shrink import drop_blocks, keep_channels, keep_heads
 
@@ -61,16 +63,19 @@ class Plan:
 @register
 @dataclass(frozen=True)
 class Structured(ModelMethod):
-    """Structured pruning to `target_params` of the parameters with the `parts` allowed, or
-    by explicit amounts (`remove_heads` query heads and `remove_channels` FFN channels per
-    block, `remove_blocks` blocks)."""
+    """Structured pruning: heads, FFN channels and blocks removed, so the model really shrinks.
+    To `target_params` of the parameters with the `parts` allowed, or by explicit amounts
+    (`remove_heads` query heads and `remove_channels` FFN channels per block, `remove_blocks`
+    blocks)."""
 
     name = "structured"
-    target_params: float | None = None  # share of the model's parameters to keep, in (0, 1)
-    parts: tuple[str, ...] = ("heads", "channels")  # which may shrink: heads, channels, blocks
-    remove_heads: int = 0
-    remove_channels: int = 0
-    remove_blocks: int = 0
+    kind = "prune"
+    target_params: float | None = option(None, "share of the model's parameters to keep, in (0, 1)")
+    parts: tuple[str, ...] = option(("heads", "channels"), "which parts may shrink, joined by +: heads, channels, "
+                                    "blocks", choices=PARTS)
+    remove_heads: int = option(0, "query heads removed from every block, instead of a target")
+    remove_channels: int = option(0, "FFN channels removed from every block, instead of a target")
+    remove_blocks: int = option(0, "whole blocks removed, instead of a target")
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.parts) - set(PARTS))
@@ -89,6 +94,14 @@ class Structured(ModelMethod):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
+
+    def headline(self) -> list[str]:
+        if self.target_params is None:
+            return []
+        return [f"{self.target_params:.0%} params, {'+'.join(self.parts)}"]
+
+    def headline_fields(self) -> tuple[str, ...]:
+        return ("target_params", "parts")
 
     @property
     def wants_heads(self) -> bool:
@@ -165,8 +178,6 @@ def least_harmful(model: nn.Module, plans: list[Plan], scores: importance_.Impor
     """The plan whose pruned model's final hidden states stay closest (mean 1 - cos over
     tokens) to the unpruned model's, on the first `samples` calibration batches (the first
     `tokens` tokens of each)."""
-    from tcompress.calib import batches_of, no_kv_cache
-
     batches = [_first_tokens(b if isinstance(b, dict) else {model.main_input_name: b}, tokens)
                for b in batches_of(calib)[:samples]]
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import replace_module
+from tcompress.core.modules import replace_module
 from tcompress.models.adapters import adapter
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import register
+from tcompress.engine.method import register
+from tcompress.packed.sparse import SparseLinear
 from tcompress.prune.base import Pruner
-from tcompress.prune.sparse import SparseLinear
 
 
 @dataclass
@@ -23,6 +23,8 @@ class InputNorms:
 @register
 @dataclass(frozen=True)
 class Wanda(Pruner):
+    """Wanda: prune by |w| times the input channel's norm, compared within each output row."""
+
     name = "wanda"
     true_sequential = True
     input_only_stats = True

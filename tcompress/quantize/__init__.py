@@ -1,19 +1,16 @@
-"""Quantization: one file a method (post-training, and `qat.py` for training through the
-rounding); `formats.py` holds the packed storage."""
+"""Layer 5: quantization, one file a method (post-training, and `qat.py` for training through
+the rounding); the packed storage they produce is in `tcompress.packed`."""
 
 from tcompress.quantize.awq import AWQ
-from tcompress.quantize.embedding import EmbeddingQuant, QuantEmbedding
-from tcompress.quantize.formats import QuantLinear, pack, unpack
+from tcompress.quantize.base import GridFields, WeightQuantizer
+from tcompress.quantize.embedding import EmbeddingQuant
 from tcompress.quantize.gptq import GPTQ
-from tcompress.quantize.grid import Grid
 from tcompress.quantize.hqq import HQQ
-from tcompress.quantize.int8 import Int8Linear
-from tcompress.quantize.qat import QAT, FakeQuantLinear, convert_qat, prepare_qat
 from tcompress.quantize.outliers import Outliers, outlier_report
+from tcompress.quantize.qat import QAT, FakeQuantLinear, convert_qat, prepare_qat
 from tcompress.quantize.rtn import RTN
 from tcompress.quantize.smoothquant import SmoothQuant
 from tcompress.quantize.vit import ViTQuant
-from tcompress.quantize.activations import ActQuantizer
 
-__all__ = ["AWQ", "EmbeddingQuant", "QuantEmbedding", "QuantLinear", "pack", "unpack", "Grid", "GPTQ", "HQQ", "RTN", "Int8Linear", "Outliers", "outlier_report",
-           "SmoothQuant", "QAT", "FakeQuantLinear", "convert_qat", "prepare_qat", "ViTQuant", "ActQuantizer"]
+__all__ = ["AWQ", "GridFields", "WeightQuantizer", "EmbeddingQuant", "GPTQ", "HQQ", "Outliers", "outlier_report",
+           "QAT", "FakeQuantLinear", "convert_qat", "prepare_qat", "RTN", "SmoothQuant", "ViTQuant"]

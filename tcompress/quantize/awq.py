@@ -16,16 +16,16 @@ as in the reference implementation; the search uses the first `search_samples` b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import BlockMethod, register
-from tcompress.models.adapters import Adapter, Block, linear_weight
-from tcompress.quantize.base import WeightQuantizer
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import (
+from tcompress.core.modules import linear_weight
+from tcompress.engine.inputs import BlockInputs, BlockRunner
+from tcompress.engine.method import BlockMethod, option, register
+from tcompress.models.adapters import Adapter, Block
+from tcompress.packed.grid import (
     Grid,
     as_stored,
     expand,
@@ -35,10 +35,9 @@ from tcompress.quantize.grid import (
     scale_zero,
     value_range,
 )
+from tcompress.packed.quant_linear import QuantLinear
+from tcompress.quantize.base import GridFields
 from tcompress.quantize.scaling import InputGroup, fold, input_groups, scale_inputs
-
-if TYPE_CHECKING:
-    from tcompress.calib import BlockInputs, BlockRunner
 
 
 @dataclass
@@ -64,17 +63,19 @@ class Seen:
 
 @register
 @dataclass(frozen=True)
-class AWQ(WeightQuantizer, BlockMethod):
-    """Activation-aware scales, then clipped round-to-nearest (weight-only)."""
+class AWQ(GridFields, BlockMethod):
+    """AWQ: activation-aware per-channel scales folded into the preceding module, then clipped
+    round-to-nearest (weight-only)."""
 
     name = "awq"
-    grid_points: int = 20  # exponents a = 0, 1/n, ..., (n-1)/n are tried
-    duo_scaling: bool = False  # s = mean|x|^a / mean|w|^(1-a) (AutoAWQ's variant) instead of mean|x|^a
-    clip: bool = True  # search each weight group's clipping range on the layer output error
-    max_shrink: float = 0.5  # the clip search shrinks ranges by up to this fraction, in steps of 1/20
-    search_samples: int = 16  # calibration batches the searches use
-    scales_only: bool = False  # fold the scales and clip the float weights, leaving rounding to a later
-    # stage (e.g. GPTQ); groups with nowhere to fold a scale are then left alone
+    grid_points: int = option(20, "scale exponents tried: a = 0, 1/n, ..., (n-1)/n")
+    duo_scaling: bool = option(False, "s = mean|x|^a / mean|w|^(1-a) (AutoAWQ's variant) instead of mean|x|^a")
+    clip: bool = option(True, "search each weight group's clipping range on the layer output error")
+    max_shrink: float = option(0.5, "the clip search shrinks ranges by up to this fraction, in steps of 1/20")
+    search_samples: int = option(16, "calibration batches the searches use")
+    # groups with nowhere to fold a scale are then left alone
+    scales_only: bool = option(False, "fold the scales and clip the float weights, leaving the rounding to a "
+                               "later stage (e.g. GPTQ)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import LinearMethod
-from tcompress.models.adapters import linear_weight
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid
+from tcompress.core.modules import linear_weight
+from tcompress.engine.method import LinearMethod, option
+from tcompress.packed.grid import SEARCHES, SUPPORTED_BITS, Grid
+from tcompress.packed.quant_linear import QuantLinear
 
 
 @dataclass(frozen=True)
-class WeightQuantizer(LinearMethod):
-    """Fields of a weight-only quantizer; subclasses add their own and implement `apply`."""
+class GridFields:
+    """The weight grid of a quantizer (per-linear or per-block): bits, group, symmetry, search."""
 
-    bits: int = 4
-    group_size: int | None = 64  # None: per output channel
-    symmetric: bool = False
-    search: str = "minmax"  # each group's grid: minmax, mse (clip search) or hqq (zero optimised)
-    include: tuple[str, ...] = ()  # fnmatch patterns of the linears to quantize; empty: all
-    exclude: tuple[str, ...] = ()  # fnmatch patterns of linear names left in float
-    head: bool = False  # also quantize the output head (e.g. lm_head), left in float by default
+    kind: ClassVar[str] = "quantize"
+    bits: int = option(4, f"bits a weight: {', '.join(map(str, SUPPORTED_BITS))}")
+    group_size: int | None = option(64, "input channels per scale, or 'channel' for one scale a row",
+                                    none="channel")
+    symmetric: bool = option(False, "symmetric grid (zero at the middle code) instead of asymmetric")
+    search: str = option("minmax", "each group's grid: min-max, a clipping search (mse) or HQQ-optimised zeros",
+                         choices=SEARCHES)
 
     def __post_init__(self) -> None:
         _ = self.grid  # validates bits, group_size and search now, before any work
@@ -31,6 +32,12 @@ class WeightQuantizer(LinearMethod):
     @property
     def grid(self) -> Grid:
         return Grid(self.bits, self.group_size, self.symmetric, self.search)
+
+    def headline(self) -> list[str]:
+        return [f"W{self.bits}", f"g{self.group_size}" if self.group_size else "per-channel"]
+
+    def headline_fields(self) -> tuple[str, ...]:
+        return ("bits", "group_size")
 
     def check(self, name: str, linear: nn.Module) -> None:
         """Refuse a linear the grid cannot cover, naming it."""
@@ -48,3 +55,8 @@ class WeightQuantizer(LinearMethod):
         bias = linear.bias.detach() if linear.bias is not None else None
         dtype = linear.weight.dtype if linear.weight.is_floating_point() else torch.float32
         return QuantLinear.from_codes(codes, scale, zero, self.grid, bias, dtype, input_scale).to(linear.weight.device)
+
+
+@dataclass(frozen=True)
+class WeightQuantizer(GridFields, LinearMethod):
+    """A weight-only quantizer applied linear by linear; subclasses implement `apply`."""

@@ -15,130 +15,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from tcompress.methods import ModelMethod, register
-from tcompress.quantize.formats import pack, packed_bytes_per_row, unpack
-from tcompress.quantize.grid import Grid, dequantize_codes, expand, quantize_weight
-
-
-class QuantEmbedding(nn.Module):
-    """An embedding table as packed codes `qweight` uint8 `[num, packed]` with fp16 `scales` and
-    `zeros` `[num, groups]`; looking up a token decodes its row. With `codes_from` (the output
-    head's module name) it holds no buffers and reads the head's, once `share` linked them."""
-
-    format = "quant_embedding"
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, grid: Grid, dtype: torch.dtype = torch.float32,
-                 padding_idx: int | None = None, codes_from: str | None = None):
-        super().__init__()
-        self.num_embeddings, self.embedding_dim, self.grid = num_embeddings, embedding_dim, grid
-        self.padding_idx, self.compute_dtype = padding_idx, dtype
-        self.codes_from = codes_from
-        self._head: list[nn.Module] = []  # the module whose codes a shared table reads (not a submodule)
-        if codes_from is not None:
-            return
-        groups = grid.groups_of(embedding_dim)
-        self.register_buffer("qweight", torch.zeros(num_embeddings, packed_bytes_per_row(embedding_dim, grid.bits),
-                                                    dtype=torch.uint8))
-        self.register_buffer("scales", torch.ones(num_embeddings, groups, dtype=torch.float16))
-        self.register_buffer("zeros", torch.zeros(num_embeddings, groups, dtype=torch.float16))
-
-    @classmethod
-    def from_embedding(cls, embedding: nn.Embedding, grid: Grid) -> QuantEmbedding:
-        weight = embedding.weight.detach()
-        module = cls(weight.shape[0], weight.shape[1], grid, dtype=weight.dtype, padding_idx=embedding.padding_idx)
-        codes, scales, zeros = quantize_weight(weight.float(), grid)
-        module.qweight.copy_(pack(codes, grid.bits))
-        module.scales.copy_(scales.to(torch.float16))
-        module.zeros.copy_(zeros.to(torch.float16))
-        return module
-
-    def __getattr__(self, name: str):
-        head = self.__dict__.get("_head")
-        if head and name in ("qweight", "scales", "zeros"):
-            return getattr(head[0], name)
-        return super().__getattr__(name)
-
-    def share(self, head: nn.Module) -> None:
-        """Read the codes of `head` (a QuantLinear `[num, dim]` on this grid) from now on."""
-        if self.codes_from is None:
-            raise ValueError("share: this embedding keeps its own codes (built without codes_from)")
-        self._head[:] = [head]
-
-    @classmethod
-    def sharing(cls, head: nn.Module, head_name: str, padding_idx: int | None = None) -> QuantEmbedding:
-        """An embedding that reads the codes of the output head `head` (named `head_name` in the model)."""
-        module = cls(head.out_features, head.in_features, head.grid, dtype=head.compute_dtype,
-                     padding_idx=padding_idx, codes_from=head_name)
-        module.share(head)
-        return module
-
-    def layout(self) -> dict:
-        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.grid.bits,
-                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "padding_idx": self.padding_idx,
-                "codes_from": self.codes_from}
-
-    @classmethod
-    def from_layout(cls, layout: dict, dtype: torch.dtype) -> QuantEmbedding:
-        grid = Grid(layout["bits"], layout["group_size"], layout["symmetric"])
-        return cls(layout["num_embeddings"], layout["embedding_dim"], grid, dtype=dtype,
-                   padding_idx=layout.get("padding_idx"), codes_from=layout.get("codes_from"))
-
-    @classmethod
-    def after_load(cls, model: nn.Module) -> None:
-        """Link the tables that read an output head's codes to that head."""
-        for module in model.modules():
-            if isinstance(module, cls) and module.codes_from is not None:
-                module.share(model.get_submodule(module.codes_from))
-
-    @property
-    def weight(self) -> Tensor:
-        """The whole table, decoded (for code that reads `embedding.weight`; lookups do not)."""
-        return self.decode(self.qweight, self.scales, self.zeros)
-
-    def codes(self) -> Tensor:
-        """The table's integer codes `[num, dim]`."""
-        return unpack(self.qweight, self.grid.bits, self.embedding_dim)
-
-    def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
-        return self.weight.to(dtype or self.compute_dtype)
-
-    def decode(self, qweight: Tensor, scales: Tensor, zeros: Tensor) -> Tensor:
-        codes = unpack(qweight, self.grid.bits, self.embedding_dim).float()
-        dim = self.embedding_dim
-        return dequantize_codes(codes, expand(scales.float(), dim), expand(zeros.float(), dim)).to(self.compute_dtype)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        flat = ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
-            raise IndexError(f"token ids must be in [0, {self.num_embeddings}), got {int(flat.min())}..{int(flat.max())}")
-        rows = self.decode(self.qweight[flat], self.scales[flat], self.zeros[flat])
-        return rows.reshape(*ids.shape, self.embedding_dim)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.grid.bits}, group={self.grid.group_size}"
-
-    def nbytes(self) -> int:
-        """Bytes this table holds (none when it reads the head's codes)."""
-        if self.codes_from is not None:
-            return 0
-        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
+from tcompress.engine.method import ModelMethod, option, register
+from tcompress.packed.embedding import QuantEmbedding
+from tcompress.packed.grid import Grid
+from tcompress.packed.quant_linear import QuantLinear
 
 
 @register
 @dataclass(frozen=True)
 class EmbeddingQuant(ModelMethod):
-    """Quantize the input embedding table (round to nearest on `bits`/`group_size`)."""
+    """Quantize the input embedding table (round to nearest; reads the head's codes where they match)."""
 
     name = "embeddings"
+    kind = "quantize"
     needs_data = False
-    bits: int = 8
-    group_size: int | None = 64
-    symmetric: bool = False
+    bits: int = option(8, "bits a table value (default 8 here)")
+    group_size: int | None = option(64, "values per scale, or 'channel' for one scale a row", none="channel")
+    symmetric: bool = option(False, "symmetric grid (zero at the middle code) instead of asymmetric")
 
     def __post_init__(self) -> None:
         Grid(self.bits, self.group_size, self.symmetric)
+
+    def headline(self) -> list[str]:
+        return [f"W{self.bits}", f"g{self.group_size}" if self.group_size else "per-channel"]
+
+    def headline_fields(self) -> tuple[str, ...]:
+        return ("bits", "group_size")
 
     def check(self, model: nn.Module) -> None:
         embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -160,8 +64,6 @@ class EmbeddingQuant(ModelMethod):
 def shared_with_head(model: nn.Module, table: QuantEmbedding) -> QuantEmbedding | None:
     """A table that reads the output head's codes, where the head is a plain QuantLinear
     holding exactly `table`'s codes, scales and zeros; else None."""
-    from tcompress.quantize.formats import QuantLinear
-
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, QuantLinear) or head.bias is not None or head.input_scale is not None \
             or head.outlier_index is not None or head.input_quantizer is not None:

@@ -11,76 +11,17 @@ with the ordinary packed layout (no column permutation is stored).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
-from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
-from tcompress.methods import register
+from tcompress.engine.method import option, register
+from tcompress.packed.grid import Grid, group_grid
+from tcompress.packed.quant_linear import QuantLinear
 from tcompress.quantize.base import WeightQuantizer
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid, choose_grid
-from tcompress.quantize.obs import runs, sweep
-
-
-@dataclass
-class HessianStats:
-    total: Tensor  # sum of x xᵀ, [in, in], float32; only its upper block triangle is sure to be accumulated
-    count: int = 0
-
-    def add(self, x: Tensor) -> None:
-        """Accumulate the inputs `x` `[tokens, in]`."""
-        add_gram(self.total, x.float())
-        self.count += x.shape[0]
-
-    def hessian(self) -> Tensor:
-        return 2 * symmetric_from_upper(self.total) / max(self.count, 1)
-
-
-def add_gram(total: Tensor, x: Tensor, block: int = 256) -> None:
-    """Add xᵀx to `total` (at least its upper block triangle).
-
-    On the CPU in float32 this is BLAS's symmetric rank-k update (numpy runs xᵀx as one:
-    a triangle, then its mirror copied): about 20% faster than the block strips below on
-    the default model's 65,536 calibration tokens. Elsewhere: row strips of `block` columns,
-    each from its diagonal block on, which skips almost half of the product for wide inputs."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and total.dtype == torch.float32:
-        rows = x.detach().contiguous().numpy()
-        with numpy_blas().limit(limits=torch.get_num_threads(), user_api="blas"):  # torch's thread count
-            total += torch.from_numpy(rows.T @ rows)
-        return
-    width = x.shape[1]
-    for start in range(0, width, block):
-        end = min(start + block, width)
-        total[start:end, start:].addmm_(x[:, start:end].t(), x[:, start:])
-
-
-@functools.cache
-def numpy_blas() -> ThreadpoolController:
-    """The BLAS numpy calls: it takes its thread count from the environment, not from
-    `torch.set_num_threads`, unless told."""
-    return ThreadpoolController()
-
-
-def symmetric_from_upper(total: Tensor) -> Tensor:
-    """The symmetric matrix whose upper triangle is that of `total`."""
-    upper = total.triu()
-    return upper + upper.triu(1).t()
-
-
-def group_grid(w: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
-    """Scale and zero `[out]` for one group of columns `w` `[out, size]`."""
-    return tuple(t.to(w.dtype) for t in choose_grid(w, grid))
-
-
-def inverse_hessian_factor(h: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, row-major (each column's
-    OBS update is one contiguous row)."""
-    h = h.clone()
-    h.diagonal().add_(damp * h.diagonal().mean())
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).contiguous()
+from tcompress.solvers.hessian import HessianStats, inverse_hessian_factor
+from tcompress.solvers.obs import runs, sweep
 
 
 def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, damp: float = 0.1,
@@ -123,18 +64,19 @@ def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, da
 @register
 @dataclass(frozen=True)
 class GPTQ(WeightQuantizer):
-    """GPTQ weight quantization; `true_sequential` observes each group of a block's linears
-    after the groups before it were quantized."""
+    """GPTQ: columns quantized one at a time, each rounding error moved onto the columns not yet
+    quantized through the inverse Hessian of the calibration inputs. `true_sequential` observes
+    each group of a block's linears after the groups before it were quantized."""
 
     name = "gptq"
     input_only_stats = True  # the Hessian is the inputs' alone: q, k and v share one
-    block_size: int = 128
-    # fraction of the mean Hessian diagonal added to it: 0.1 rather than the paper's 0.01, as
-    # calibration text rarely matches the inputs a model serves; measured per layer, the
-    # error on inputs from other text (and the model's perplexity) is lower at 0.1
-    damp: float = 0.1
-    act_order: bool = True
-    true_sequential: bool = True
+    block_size: int = option(128, "columns per lazy block of updates")
+    # 0.1 rather than the paper's 0.01, as calibration text rarely matches the inputs a model
+    # serves; measured per layer, the error on inputs from other text (and the model's
+    # perplexity) is lower at 0.1
+    damp: float = option(0.1, "fraction of the mean Hessian diagonal added to it, in [0, 1)")
+    act_order: bool = option(True, "quantize columns by decreasing Hessian diagonal (static groups)")
+    true_sequential: bool = option(True, "observe each group of a block's linears after the ones before changed")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,23 +17,25 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import register
-from tcompress.models.adapters import linear_weight
+from tcompress.core.modules import linear_weight
+from tcompress.engine.method import option, register
+from tcompress.packed.grid import quantize_weight
+from tcompress.packed.quant_linear import QuantLinear
 from tcompress.quantize.base import WeightQuantizer
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import quantize_weight
 
 
 @register
 @dataclass(frozen=True)
 class Outliers(WeightQuantizer):
-    """Round-to-nearest with the input channels whose max |x| exceeds `threshold` in fp16."""
+    """LLM.int8()-style: round to nearest, the input channels whose max |x| exceeds `threshold`
+    kept in fp16."""
 
     name = "outliers"
     input_only_stats = True  # max |x| is the inputs' alone: q, k and v share it
-    bits: int = 8
-    group_size: int | None = None  # None: per output channel
-    threshold: float = 6.0  # activation magnitude above which an input channel stays in float
+    bits: int = option(8, "bits a weight (default 8 here)")
+    group_size: int | None = option(None, "input channels per scale, or 'channel' (the default here)",
+                                    none="channel")
+    threshold: float = option(6.0, "activation magnitude above which an input channel stays in fp16")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +52,12 @@ class Outliers(WeightQuantizer):
 
     def observe(self, stats: Tensor, x: Tensor) -> Tensor:  # x: [tokens, in]
         return torch.maximum(stats, x.detach().abs().amax(dim=0).float())
+
+    def headline(self) -> list[str]:
+        return [*super().headline(), f"threshold={self.threshold}"]
+
+    def headline_fields(self) -> tuple[str, ...]:
+        return (*super().headline_fields(), "threshold")
 
     def apply(self, linear: nn.Module, stats: Tensor, name: str) -> QuantLinear:
         weight = self.weight_of(linear)  # [out, in]

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import replace_module
-from tcompress.quantize.activations import ACT_BITS, ActQuantizer
-from tcompress.models.adapters import linear_weight
+from tcompress.core.modules import linear_weight, replace_module
+from tcompress.engine.apply import change_each_linear
+from tcompress.engine.method import option
+from tcompress.engine.targets import check_targets, selected
+from tcompress.packed.activations import ACT_BITS, ActQuantizer
+from tcompress.packed.grid import Grid, expand, group_params
+from tcompress.packed.quant_linear import QuantLinear
 from tcompress.quantize.base import WeightQuantizer
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid, expand, group_params
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -56,8 +58,8 @@ class QAT(WeightQuantizer):
 
     name = "qat"
     needs_data = False
-    learn_scales: bool = True  # LSQ: train the group scales with the weights
-    act_bits: int | None = None  # also fake-quantize each linear's input at these bits
+    learn_scales: bool = option(True, "LSQ: train the group scales with the weights")
+    act_bits: int | None = option(None, "also fake-quantize each linear's input at these bits")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,15 +165,13 @@ class FakeQuantLinear(nn.Module):
 def prepare_qat(model: nn.Module, config: QAT) -> nn.Module:
     """Swap the block linears `config` selects, and every `QuantLinear` (which keeps its own
     grid), for `FakeQuantLinear`s, in place."""
-    from tcompress.apply import _apply_without_data, _check_targets, _selected
-
     packed = [name for name, module in model.named_modules() if isinstance(module, QuantLinear)]
     for name in packed:
         linear = model.get_submodule(name)
         replace_module(model, name, FakeQuantLinear.from_linear(linear, linear.grid, config.learn_scales))
-    if not packed or _selected(model, config):
-        _check_targets(model, config)
-        _apply_without_data(model, config)
+    if not packed or selected(model, config):
+        check_targets(model, config)
+        change_each_linear(model, config)
     return model
 
 

@@ -9,15 +9,17 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tcompress.methods import register
+from tcompress.engine.method import register
+from tcompress.packed.grid import quantize_weight
+from tcompress.packed.quant_linear import QuantLinear
 from tcompress.quantize.base import WeightQuantizer
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import quantize_weight
 
 
 @register
 @dataclass(frozen=True)
 class RTN(WeightQuantizer):
+    """Round to nearest on each group's grid; no data."""
+
     name = "rtn"
     needs_data = False
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from tcompress.models.adapters import Adapter, Block, is_linear, linear_weight
+from tcompress.core.modules import is_linear, linear_weight
+from tcompress.models.adapters import Adapter, Block
 
 PARTS = ("attn_in", "attn_out", "ffn_in", "ffn_out")
 

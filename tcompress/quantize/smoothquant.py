@@ -14,32 +14,33 @@ paper; each block sees the outputs of the blocks already quantized before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from tcompress.methods import BlockMethod, LinearMethod, register
-from tcompress.models.adapters import Adapter, Block, linear_weight
-from tcompress.quantize.int8 import Int8Linear
+from tcompress.core.modules import linear_weight
+from tcompress.engine.inputs import BlockInputs, BlockRunner
+from tcompress.engine.method import BlockMethod, option, register
+from tcompress.engine.sequential import observe
+from tcompress.models.adapters import Adapter, Block
+from tcompress.packed.int8 import Int8Linear
 from tcompress.quantize.scaling import fold, input_groups, scale_inputs
-
-if TYPE_CHECKING:
-    from tcompress.calib import BlockInputs, BlockRunner
 
 EPS = 1e-5  # smoothing factors stay within [EPS, 1/EPS]
 
 
 @register
 @dataclass(frozen=True)
-class SmoothQuant(LinearMethod, BlockMethod):
-    """Smoothing scales per group of linears, then every selected linear as an `Int8Linear`."""
+class SmoothQuant(BlockMethod):
+    """SmoothQuant W8A8: activation outliers moved into the weights, then int8 weights per
+    channel and int8 activations per token."""
 
     name = "smoothquant"
-    alpha: float = 0.5  # how much of the activations' range moves into the weights (0.5: an even split)
-    activations: bool = True  # False: weight-only int8, activations stay float
-    include: tuple[str, ...] = ()  # fnmatch patterns of the linears to quantize; empty: all
-    exclude: tuple[str, ...] = ()  # fnmatch patterns of linear names left in float
+    kind = "quantize"
+    input_only_stats = False  # its statistic (max |x| per channel) is read once per input group
+    alpha: float = option(0.5, "share of the activations' range moved into the weights, in [0, 1]")
+    activations: bool = option(True, "int8 activations per token (W8A8); off: int8 weights only (W8)",
+                               aliases=("--weight-only",))
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
@@ -47,6 +48,12 @@ class SmoothQuant(LinearMethod, BlockMethod):
         if type(self.activations) is not bool:
             raise ValueError(f"smoothquant: activations must be True (W8A8) or False (weight-only W8), "
                              f"got {self.activations!r}")
+
+    def headline(self) -> list[str]:
+        return ["W8A8" if self.activations else "W8", f"alpha={self.alpha}"]
+
+    def headline_fields(self) -> tuple[str, ...]:
+        return ("activations", "alpha")
 
     def init_stats(self, linear: nn.Module) -> Tensor:
         return torch.zeros(linear_weight(linear).shape[1], device=linear.weight.device)  # max |x| per input channel
@@ -65,9 +72,6 @@ class SmoothQuant(LinearMethod, BlockMethod):
                ) -> tuple[dict[str, nn.Module], dict[str, Tensor]]:
         """Move each group's activation range into its weights (exact in float). Returns the
         selected linears, and the input scales of those that must divide their input themselves."""
-        # not at the top: calib imports this package (through export.packed)
-        from tcompress.calib import observe
-
         groups = [(group, chosen) for group in input_groups(adapter, block)
                   if (chosen := {n: m for n, m in group.linears.items() if self.selects(n, m)})]
         firsts = dict(next(iter(group.linears.items())) for group, _ in groups)  # one linear reads each input

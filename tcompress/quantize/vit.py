@@ -27,11 +27,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tcompress.methods import ModelMethod, register
+from tcompress.data.vision import check_images
+from tcompress.engine.apply import change_each_linear
+from tcompress.engine.method import ModelMethod, option, register
 from tcompress.models.adapters import Adapter, adapter
-from tcompress.quantize.activations import ACT_BITS, ActQuantizer, use_quantized_attention
-from tcompress.quantize.formats import QuantLinear
-from tcompress.quantize.grid import Grid
+from tcompress.packed.activations import ACT_BITS, ActQuantizer, use_quantized_attention
+from tcompress.packed.grid import Grid
+from tcompress.packed.quant_linear import QuantLinear
 from tcompress.quantize.rtn import RTN
 
 QUANTIZERS = ("vit", "minmax")
@@ -40,12 +42,14 @@ QUANTIZERS = ("vit", "minmax")
 @register
 @dataclass(frozen=True)
 class ViTQuant(ModelMethod):
-    """W`bits`A`act_bits` for ViT/DeiT classifiers; calibration: images `[n, c, h, w]`."""
+    """Weights and activations of ViT/DeiT classifiers quantized, W8A8 to W4A4 (calibration: images)."""
 
     name = "vit-ptq"
-    bits: int = 4  # weights, per output channel
-    act_bits: int = 4  # activations (simulated)
-    quantizers: str = "vit"  # "vit": the ViT-specific quantizers; "minmax": uniform min-max baseline
+    kind = "quantize"
+    bits: int = option(4, "bits a weight, per output channel")
+    act_bits: int = option(4, f"bits an activation (simulated): {', '.join(map(str, ACT_BITS))}")
+    quantizers: str = option("vit", "vit: the ViT-specific quantizers; minmax: the uniform min-max baseline",
+                             choices=QUANTIZERS)
 
     def __post_init__(self) -> None:
         Grid(self.bits, None)
@@ -53,6 +57,12 @@ class ViTQuant(ModelMethod):
             raise ValueError(f"act_bits={self.act_bits!r}: the simulated activation quantizers run {ACT_BITS} bits")
         if self.quantizers not in QUANTIZERS:
             raise ValueError(f"quantizers must be one of {QUANTIZERS}, got {self.quantizers!r}")
+
+    def headline(self) -> list[str]:
+        return [f"W{self.bits}A{self.act_bits}"]
+
+    def headline_fields(self) -> tuple[str, ...]:
+        return ("bits", "act_bits")
 
     def check(self, model: nn.Module) -> None:
         parts = adapter(model)
@@ -62,8 +72,6 @@ class ViTQuant(ModelMethod):
             raise ValueError("vit-ptq needs a float model; this one is already quantized")
 
     def apply_model(self, model: nn.Module, calib: Any, progress: bool = True) -> None:
-        from tcompress.eval.vision import check_images
-
         batches = image_batches(calib)
         for batch in batches:
             check_images(model, batch)
@@ -73,9 +81,7 @@ class ViTQuant(ModelMethod):
             for block in tqdm(parts.blocks(), desc="reparameterize LayerNorms", disable=not progress):
                 for norm, linears in ((block.attn_norm, block.attn_in), (block.ffn_norm, block.ffn_in)):
                     reparameterize(norm, list(linears.values()), observe_output(model, norm, batches), self.act_bits)
-        from tcompress.apply import _apply_without_data
-
-        _apply_without_data(model, RTN(bits=self.bits, group_size=None, search="mse" if search else "minmax"))
+        change_each_linear(model, RTN(bits=self.bits, group_size=None, search="mse" if search else "minmax"))
         quantizers = attach_quantizers(model, adapter(model), self.act_bits, search)
         for quantizer, _, _ in quantizers:
             quantizer.observing = True

@@ -1,4 +1,4 @@
-"""Fast inference paths: a lean decoder with a static KV cache for Llama-family models, and a
+"""Layer 4: fast inference paths: a lean decoder with a static KV cache for Llama-family models, and a
 loader that builds its modules without transformers' model code."""
 
 from tcompress.runtime.decoder import Decoder

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tcompress import kernels
-from tcompress.kernels.ops import SharedInputLinears
+from tcompress.runtime.fused import SharedInputLinears
 from tcompress.runtime.native import NativeStep, Unsupported
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+DECODER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # the model types it computes exactly
 
 
 class Decoder:
@@ -189,8 +189,8 @@ def check_model(model: nn.Module) -> None:
     """Refuse models this decoder does not compute exactly, naming what differs."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in FAMILIES:
-        raise ValueError(f"the fast decoder serves {', '.join(FAMILIES)} models; this is {model_type!r} "
+    if model_type not in DECODER_MODEL_TYPES:
+        raise ValueError(f"the fast decoder serves {', '.join(DECODER_MODEL_TYPES)} models; this is {model_type!r} "
                          f"(use the model's own generate)")
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", model_type == "mistral"):

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from tcompress.export.checkpoint import Record
-from tcompress.export.packed import load_packed
-from tcompress.runtime.decoder import FAMILIES
+from tcompress.checkpoint.load import load_packed
+from tcompress.checkpoint.record import Record
+from tcompress.runtime.decoder import DECODER_MODEL_TYPES, Decoder
 
 ROPE_TYPES = ("default", "llama3")
 
@@ -47,8 +47,9 @@ def read_config(path: Path) -> SimpleNamespace:
     """config.json as attributes, checked for what this module builds."""
     values = json.loads(path.read_text())
     model_type = values.get("model_type")
-    if model_type not in FAMILIES:
-        raise ValueError(f"{str(path)!r}: model_type {model_type!r}; the lean loader builds {', '.join(FAMILIES)}")
+    if model_type not in DECODER_MODEL_TYPES:
+        raise ValueError(f"{str(path)!r}: model_type {model_type!r}; the lean loader builds "
+                         f"{', '.join(DECODER_MODEL_TYPES)}")
     rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
@@ -179,8 +180,6 @@ class LeanCausalLM(nn.Module):
     @torch.inference_mode()
     def generate(self, input_ids: Tensor, max_new_tokens: int = 20) -> Tensor:
         """Greedy continuation of the prompts `[batch, tokens]`: `[batch, tokens + max_new_tokens]`."""
-        from tcompress.runtime.decoder import Decoder
-
         decoder = Decoder(self, max_length=input_ids.shape[1] + max_new_tokens, batch_size=input_ids.shape[0])
         return decoder.generate(input_ids, max_new_tokens)
 

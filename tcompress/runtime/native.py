@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from tcompress import kernels
 from tcompress.kernels import ops
+from tcompress.packed.quant_linear import QuantLinear
 
 Pointer, Int = ctypes.c_void_p, ctypes.c_int
 
@@ -58,16 +59,14 @@ def _float32(tensor: Tensor, what: str) -> Tensor:
 
 
 def linear_struct(module: nn.Module, name: str) -> LinearStruct:
-    from tcompress.quantize.formats import QuantLinear
-
     bias = None if module.bias is None else _float32(module.bias, f"{name}.bias")
     if isinstance(module, QuantLinear):
-        if not ops.layer_fits(module):
+        if not module.kernel_fits:
             raise Unsupported(f"{name}: {module.grid.bits}-bit codes of width {module.in_features} have no kernel")
         if module.input_scale is not None or module.outlier_index is not None or module.input_quantizer is not None:
             raise Unsupported(f"{name} has an input scale, outlier columns or an activation quantizer")
         return LinearStruct(module.qweight.data_ptr(), module.scales.data_ptr(), module.zeros.data_ptr(),
-                            _pointer(bias), module.out_features, module.in_features, ops.group_of(module),
+                            _pointer(bias), module.out_features, module.in_features, module.group,
                             module.grid.bits)
     if type(module) is nn.Linear and module.in_features % 32 == 0:
         weight = _float32(module.weight, f"{name}.weight")

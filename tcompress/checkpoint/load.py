@@ -1,0 +1,127 @@
+"""`tc.load(spec)`: a model and its tokenizer or image processor, from anything a user has.
+
+`spec` is a named offline model (`default`, `smollm2-135m`, `minilm`, `vit-fmnist`), a
+Hugging Face folder (ours, with `tcompress.json`, or any other), a `.gguf` file, or a hub id.
+GGUF weights are dequantized by transformers; the named GGUF model is converted once and
+cached as an ordinary folder, so later loads take a second. A folder saved with packed
+modules is rebuilt with them in place (`load_packed`): a 4-bit model stays 4-bit in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from safetensors.torch import load_file
+from torch import nn
+
+from tcompress.checkpoint.record import Record
+from tcompress.checkpoint.save import save
+from tcompress.core.cache import cache_root
+from tcompress.core.modules import replace_module
+from tcompress.models import named
+from tcompress.models.loading import ModelSpecError, model_class, read_config, read_float, read_gguf, read_processor
+from tcompress.packed.registry import format_class
+
+log = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
+         device_map: str | dict | None = None, processor: bool = True) -> tuple[nn.Module, Any]:
+    """Load a model and its tokenizer (or image processor; None if it has neither).
+
+    `dtype` is the floating-point type of the weights ("auto" keeps the checkpoint's);
+    `device_map` is passed to transformers (e.g. "auto" to offload with accelerate);
+    `processor=False` skips the tokenizer (None is returned), for serving token ids: a
+    tokenizer can take more memory than a 4-bit model's linears.
+    The model is returned in eval mode.
+    """
+    with_processor, processor = processor, None  # the flag; then what is loaded
+    key = str(spec)
+    if key in named.NAMED:
+        model, processor = _load_named(key, dtype, device_map, with_processor)
+    else:
+        path = Path(spec).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise FileNotFoundError(f"GGUF file not found: {str(path)!r}")
+            model, processor = read_gguf(path, dtype, with_processor)
+            model.tc_record = Record(source=str(path))
+        elif path.is_dir():
+            model, processor = _load_folder(path, dtype, device_map, with_processor)
+        elif path.exists():
+            raise ModelSpecError(f"model spec {key!r} is a file but not a .gguf file; expected a folder or .gguf")
+        elif HUB_ID.match(key):
+            model, processor = _load_folder(key, dtype, device_map, with_processor)
+        else:
+            raise ModelSpecError(
+                f"unknown model spec {key!r}: expected a named model ({', '.join(named.NAMED)}), "
+                "a Hugging Face folder, a .gguf file, or a hub id 'org/name'"
+            )
+    model.eval()
+    model.tc_processor = processor
+    return model, processor
+
+
+def _load_named(name: str, dtype, device_map, with_processor: bool = True) -> tuple[nn.Module, Any]:
+    path = named.locate(name)
+    if path.is_dir():
+        model, processor = _load_folder(path, dtype, device_map, with_processor)
+    else:
+        cache = cache_root() / f"{named.NAMED[name].package}-{named.version(name)}"
+        if not (cache / "config.json").is_file():
+            log.info("converting %s to a cached folder at %s (once)", path.name, cache)
+            model, processor = read_gguf(path, torch.float32)
+            model.tc_record = Record(source=str(path))
+            save(model, cache, processor)
+        model, processor = _load_folder(cache, dtype, device_map, with_processor)
+    model.tc_record = Record(source=name)
+    return model, processor
+
+
+def _load_folder(source: str | Path, dtype, device_map, with_processor: bool = True) -> tuple[nn.Module, Any]:
+    config = read_config(source)
+    record = Record.read(Path(source)) if Path(source).is_dir() else None
+    if record is not None and record.modules:
+        model = load_packed(model_class(config), config, Path(source), record.modules, dtype)
+    else:
+        model = read_float(source, config, dtype, device_map)
+    model.tc_record = record or Record(source=str(source))
+    return model, read_processor(source) if with_processor else None
+
+
+def load_packed(cls: type, config, folder: Path, layouts: dict[str, dict], dtype: torch.dtype) -> nn.Module:
+    """Build `cls` from `config` with the packed modules of `layouts`, then load the folder's
+    tensors into it (nothing is initialised twice, nothing unpacked)."""
+    dtype = config.dtype if dtype == "auto" else dtype
+    with init_empty_weights(include_buffers=False):
+        model = cls._from_config(config, dtype=dtype)
+    classes = set()
+    for name, layout in layouts.items():
+        try:
+            packed = format_class(layout.get("format"))
+        except ValueError as error:
+            raise ValueError(f"{str(folder)!r}: module {name!r}: {error}") from None
+        classes.add(packed)
+        with init_empty_weights(include_buffers=True):  # the codes come from the files: no buffer allocated twice
+            replace_module(model, name, packed.from_layout(layout, dtype))
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(file))
+    result = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    for packed in classes:
+        if hasattr(packed, "after_load"):
+            packed.after_load(model)
+    still_empty = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if result.unexpected_keys or still_empty:
+        raise ValueError(f"{str(folder)!r} does not match its tcompress.json: unexpected "
+                         f"{result.unexpected_keys[:5]}, missing {still_empty[:5]}")
+    return model

@@ -1,0 +1,54 @@
+"""`tc.apply(model, method, calib)`: compress a model in place with one method, and record it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tcompress.checkpoint.record import record_of
+from tcompress.core.modules import replace_module
+from tcompress.engine.inputs import Calibration
+from tcompress.engine.method import LinearMethod, Method, ModelMethod, method_from
+from tcompress.engine.sequential import sequential
+from tcompress.engine.targets import check_targets, head_of, replace_head, selected
+
+
+def apply(model: nn.Module, method: Method | dict[str, Any], calib: Calibration | None = None, *,
+          batch_size: int = 1, device: torch.device | str | None = None, progress: bool = True) -> nn.Module:
+    """Apply `method` to `model` in place and record it; returns the model.
+
+    `calib` is calibration data (token ids `[n, seqlen]` or a list of model inputs); the
+    methods that need none ignore it. Blocks are processed one at a time, each on the
+    outputs of the already compressed blocks before it.
+    """
+    if isinstance(method, dict):
+        method = method_from(method)
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a tcompress method config, got {type(method).__name__}")
+    if method.needs_data and calib is None:
+        raise ValueError(f"method {method.name!r} needs calibration data: pass calib (e.g. tc.data.calibration(...))")
+    if isinstance(method, ModelMethod):
+        method.check(model)
+    else:
+        check_targets(model, method)
+    with torch.no_grad():
+        if isinstance(method, ModelMethod):
+            method.apply_model(model, calib, progress=progress)
+        elif method.needs_data:
+            sequential(model, calib, method, batch_size=batch_size, device=device, progress=progress)
+        else:  # a LinearMethod (register refuses block methods without data)
+            change_each_linear(model, method)
+    record_of(model).applied.append(method.to_dict())
+    return model
+
+
+def change_each_linear(model: nn.Module, method: LinearMethod) -> None:
+    """Apply a calibration-free per-linear method to every linear it selects (not recorded:
+    `apply` records, or the method that uses this as one of its steps)."""
+    head = head_of(model, method)[0] if method.head else None
+    for name, linear in selected(model, method).items():
+        new = method.apply(linear, method.init_stats(linear), name)
+        if new is not None and new is not linear:
+            (replace_head if name == head else replace_module)(model, name, new)

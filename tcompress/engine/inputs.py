@@ -1,0 +1,200 @@
+"""What the layer-wise engine holds between blocks: each calibration batch's inputs to the
+current block, and the means to capture, merge and run them.
+
+`capture` runs the model up to its first block and records what the block receives (hidden
+states and every other argument: masks, position ids, rotary embeddings); `BlockRunner` runs
+one block over them on a device, keeping results on the offload device; `merged` joins the
+batches into one where they can be concatenated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+Calibration = Tensor | list[Any]  # [n, seqlen] token ids, or a list of model inputs
+
+
+@dataclass
+class BlockInputs:
+    """What each calibration batch feeds the current block."""
+
+    hidden: list[Tensor]  # one per batch, on the offload device
+    args: list[tuple]  # further positional arguments
+    kwargs: list[dict[str, Any]]
+    positional: bool  # hidden states passed positionally (else as `hidden_states=`)
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+
+class StopForward(Exception):
+    """Ends a forward early: once the first block's inputs are recorded, or a group observed."""
+
+
+def batches_of(calib: Calibration, batch_size: int = 1) -> list[Any]:
+    """Split calibration data into model inputs of `batch_size` samples."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(calib, Tensor):
+        if calib.ndim == 0 or len(calib) == 0:
+            raise ValueError("calibration data is empty")
+        return list(calib.split(batch_size))
+    batches = list(calib)
+    if not batches:
+        raise ValueError("calibration data is empty")
+    return batches
+
+
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """Run `model` on one batch: a dict of inputs, token ids, pixels, or a plain tensor."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    if getattr(model, "main_input_name", None) and isinstance(batch, Tensor):
+        return model(**{model.main_input_name: batch})
+    return model(batch)
+
+
+@contextlib.contextmanager
+def no_kv_cache(model: nn.Module) -> Iterator[None]:
+    config = getattr(model, "config", None)
+    saved = getattr(config, "use_cache", None)
+    if saved is not None:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if saved is not None:
+            config.use_cache = saved
+
+
+def capture(model: nn.Module, first_block: nn.Module, batches: list[Any], offload: str | torch.device) -> BlockInputs:
+    """Run the model up to `first_block` on every batch and record what the block gets."""
+    inputs = BlockInputs([], [], [], positional=True)
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        inputs.positional = bool(args)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        inputs.hidden.append(hidden.to(offload))
+        inputs.args.append(tuple(args[1:]))
+        inputs.kwargs.append(kwargs)
+        raise StopForward
+
+    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), no_kv_cache(model):
+            for batch in batches:
+                with contextlib.suppress(StopForward):
+                    call_model(model, batch)
+    finally:
+        handle.remove()
+    if len(inputs) != len(batches):
+        raise RuntimeError("the first block was not reached on every calibration batch")
+    return inputs
+
+
+def _to(value: Any, device: torch.device | str | None) -> Any:
+    if device is None:
+        return value
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+class BlockRunner:
+    """Runs one block over the stored inputs, on `device`, keeping results on `offload`."""
+
+    def __init__(self, block: nn.Module, device: torch.device | str | None, offload: torch.device | str):
+        self.block, self.device, self.offload = block, device, offload
+
+    def __call__(self, inputs: BlockInputs, index: int, hidden: Tensor | None = None) -> Tensor:
+        hidden = inputs.hidden[index] if hidden is None else hidden
+        args, kwargs = _to(inputs.args[index], self.device), _to(inputs.kwargs[index], self.device)
+        hidden = _to(hidden, self.device)
+        with torch.no_grad():
+            out = self.block(hidden, *args, **kwargs) if inputs.positional else self.block(*args, hidden_states=hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def propagate(self, inputs: BlockInputs) -> None:
+        """Replace each stored input by the block's output on it."""
+        for index in range(len(inputs)):
+            inputs.hidden[index] = self(inputs, index).to(self.offload)
+
+
+def merged(inputs: BlockInputs) -> BlockInputs | None:
+    """All batches as one (hidden states concatenated, per-sample arguments such as padding
+    masks too, shared ones such as rotary embeddings kept once); None where they differ in
+    a way that cannot be concatenated (lengths, flags)."""
+    if len(inputs) == 1:
+        return inputs
+    hidden = inputs.hidden
+    if len({h.shape[1:] for h in hidden}) != 1:
+        return None
+    sizes = [h.shape[0] for h in hidden]
+    try:
+        args = _merge_values(list(inputs.args), sizes)
+        kwargs = _merge_values(list(inputs.kwargs), sizes)
+    except Unmergeable:
+        return None
+    return BlockInputs([torch.cat(hidden)], [args], [kwargs], inputs.positional)
+
+
+class Unmergeable(Exception):
+    pass
+
+
+def _merge_values(values: list[Any], sizes: list[int]) -> Any:
+    first = values[0]
+    if isinstance(first, Tensor):
+        if all(isinstance(v, Tensor) and v.shape == first.shape and torch.equal(v, first) for v in values):
+            return first
+        if all(isinstance(v, Tensor) and v.ndim and v.shape[0] == n and v.shape[1:] == first.shape[1:]
+               for v, n in zip(values, sizes)):
+            return torch.cat(values)
+        raise Unmergeable
+    if isinstance(first, (tuple, list)):
+        if any(not isinstance(v, type(first)) or len(v) != len(first) for v in values):
+            raise Unmergeable
+        return type(first)(_merge_values([v[i] for v in values], sizes) for i in range(len(first)))
+    if isinstance(first, dict):
+        if any(not isinstance(v, dict) or v.keys() != first.keys() for v in values):
+            raise Unmergeable
+        return {key: _merge_values([v[key] for v in values], sizes) for key in first}
+    if any(v is not first and v != first for v in values):
+        raise Unmergeable
+    return first
+
+
+def split_like(inputs: BlockInputs, hidden: Tensor) -> BlockInputs:
+    """`inputs` with its hidden states replaced by the slices of `hidden`, batch by batch."""
+    inputs.hidden = list(hidden.split([h.shape[0] for h in inputs.hidden]))
+    return inputs
+
+
+def home(module: nn.Module) -> torch.device | None:
+    """Where a block's weights are; None where accelerate's hooks place them (meta)."""
+    tensor = next(module.parameters(), None)
+    return None if tensor is None or tensor.is_meta else tensor.device
+
+
+@contextlib.contextmanager
+def placed(module: nn.Module, device: torch.device | str | None) -> Iterator[None]:
+    """Move `module` to `device` for the duration, then back where it was."""
+    if device is None:
+        yield
+        return
+    home = next(module.parameters()).device
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(home)

@@ -1,0 +1,251 @@
+"""The layer-wise engine: run a model block by block over calibration data.
+
+It captures what the first block receives (`inputs.py`), then for each block in order: a method observes the
+inputs of the linears it changes and updates the block; the block runs again and its
+outputs, computed after the update, become the next block's inputs. Only one block's
+activations are held at a time (kept on `offload`, default CPU, while the block itself
+may run on another device), so each block is compressed on the outputs of the already
+compressed blocks before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from tcompress.core.memory import reuse_freed_memory
+from tcompress.core.modules import linear_weight, replace_module
+from tcompress.engine.inputs import (
+    BlockInputs,
+    BlockRunner,
+    Calibration,
+    StopForward,
+    batches_of,
+    capture,
+    home,
+    merged,
+    placed,
+    split_like,
+)
+from tcompress.engine.method import BlockMethod, LinearMethod, Method
+from tcompress.engine.targets import head_of, replace_head
+from tcompress.models.adapters import Block, adapter
+
+
+class Statistics(Protocol):
+    """What `observe` gathers per linear: a `LinearMethod`, or a block method's own statistic."""
+
+    input_only_stats: bool  # the statistic is the input's alone: linears fed one tensor share it
+
+    def init_stats(self, linear: nn.Module) -> Any: ...
+
+    def observe(self, stats: Any, x: Tensor) -> Any: ...
+
+
+def observe_and_apply(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
+                      run: BlockRunner) -> dict[str, nn.Module]:
+    """Hand each selected linear's inputs to the method, then let it change the linear.
+
+    Returns the replacement modules (e.g. packed ones) to put in place once the block is
+    done; until then each replaced linear computes with its replacement's weight."""
+    groups = block.groups() if method.true_sequential else [block.linears]
+    replacements = {}
+    for group in groups:
+        chosen = {name: linear for name, linear in group.items() if method.selects(name, linear)}
+        if not chosen:
+            continue
+        stats = observe(method, chosen, inputs, run)
+        changed = {name: method.apply(linear, stats.pop(name), name) for name, linear in chosen.items()}
+        changed = {name: new for name, new in changed.items() if new is not None and new is not chosen[name]}
+        replacements.update(stand_in_for(model, block, changed))
+    return replacements
+
+
+def stand_in_for(model: nn.Module, block: Block, replacements: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Let the block's linears stand in for their `replacements` until its outputs are computed;
+    replace at once those that cannot. Returns the replacements still to put in place."""
+    linears = block.linears
+    waiting = {}
+    for name, new in replacements.items():
+        if name in linears and _stand_in(linears[name], new):
+            waiting[name] = new
+        else:
+            replace_module(model, name, new)
+    return waiting
+
+
+def _stand_in(linear: nn.Module, new: nn.Module) -> bool:
+    """Give `linear` the weight `new` computes with, so the block's later passes need not
+    unpack it on every call; False where `new` has no such weight."""
+    if not hasattr(new, "dequantize"):
+        return False
+    linear_weight(linear).copy_(new.dequantize(linear.weight.dtype))
+    return True
+
+
+def quantize_in_one_pass(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
+                         run: BlockRunner) -> dict[str, nn.Module]:
+    """True-sequential application in a single forward over all calibration samples at once
+    (`inputs` merged into one batch): each selected linear is changed just before its first
+    use, from the statistics of the input it is about to get, so the groups after it see its
+    change, and the block's output is the changed block's. Stores that output in `inputs`."""
+    chosen = {name: linear for name, linear in block.linears.items() if method.selects(name, linear)}
+    replacements: dict[str, nn.Module] = {}
+    shared: dict[int, tuple[Tensor, Any]] = {}  # id of an input -> (the input, kept alive; its statistics)
+    done: set[str] = set()
+
+    def change_before_use(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if name in done:
+                return
+            done.add(name)
+            x = args[0]
+            if method.input_only_stats and id(x) in shared:
+                stats = shared[id(x)][1]
+            else:
+                stats = method.observe(method.init_stats(module), x.reshape(-1, x.shape[-1]))
+                shared[id(x)] = (x, stats)
+            new = method.apply(module, stats, name)
+            if new is not None and new is not module:
+                replacements.update(stand_in_for(model, block, {name: new}))
+
+        return hook
+
+    handles = [linear.register_forward_pre_hook(change_before_use(name)) for name, linear in chosen.items()]
+    try:
+        out = run(inputs, 0).to(run.offload)
+    finally:
+        for handle in handles:
+            handle.remove()
+    inputs.hidden[0] = out
+    return replacements
+
+
+def observe(method: Statistics, linears: dict[str, nn.Module], inputs: BlockInputs,
+            run: BlockRunner) -> dict[str, Any]:
+    """Statistics of each linear's inputs over all batches.
+
+    Each pass stops as soon as every linear has had its input, so observing the first group
+    of a block costs a fraction of a full pass. Linears fed the very same tensor (q, k and
+    v; gate and up) share one statistic when the method says its statistics depend on the
+    input alone."""
+    stats = {name: method.init_stats(linear) for name, linear in linears.items()}
+    fed: dict[int, tuple[Tensor, str]] = {}  # id of an input -> (the input, kept alive; first linear it fed)
+    done: set[str] = set()  # linears that had their input, in this pass
+    aliases: dict[str, str] = {}
+
+    def hook(name: str) -> Callable:
+        def observe_input(module: nn.Module, args: tuple, output: Any) -> None:
+            x = args[0]
+            _, first = fed.setdefault(id(x), (x, name))  # holding x: its id is not reused this pass
+            if method.input_only_stats and first != name:
+                aliases[name] = first
+            else:
+                stats[name] = method.observe(stats[name], x.reshape(-1, x.shape[-1]))
+            done.add(name)
+            if len(done) == len(linears):
+                raise StopForward  # the rest of the block is not needed for these linears
+
+        return observe_input
+
+    handles = [linear.register_forward_hook(hook(name)) for name, linear in linears.items()]
+    try:
+        for index in range(len(inputs)):
+            fed.clear()
+            done.clear()
+            with contextlib.suppress(StopForward):
+                run(inputs, index)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, first in aliases.items():
+        stats[name] = stats[first]
+    return stats
+
+
+@torch.no_grad()
+def sequential(model: nn.Module, calib: Calibration, method: Method | None = None, *, batch_size: int = 1,
+               device: torch.device | str | None = None, offload: torch.device | str = "cpu",
+               progress: bool = True, on_block: Callable[[Block, list[Tensor]], None] | None = None,
+               one_pass: bool = True) -> list[Tensor]:
+    """Run `model` block by block over `calib`, applying `method` to each block.
+
+    Returns the last block's outputs, one tensor per batch. `device` is where each block
+    runs (its weights move there and back); activations wait on `offload`. `on_block` is
+    called with each block and its outputs (after the method changed it). `one_pass`: a
+    per-linear method runs each block over all batches at once (the fastest; it holds the
+    whole calibration set's activations of one block): a true-sequential one in a single
+    forward, changing each linear just before its first use, any other in one forward to
+    observe and one for the outputs. Else per batch, once per group of linears.
+    """
+    with reuse_freed_memory():  # each block allocates the same large activations again
+        return _sequential(model, calib, method, batch_size, device, offload, progress, on_block, one_pass)
+
+
+def _sequential(model: nn.Module, calib: Calibration, method: Method | None, batch_size: int,
+                device: torch.device | str | None, offload: torch.device | str, progress: bool,
+                on_block: Callable[[Block, list[Tensor]], None] | None, one_pass: bool) -> list[Tensor]:
+    batches = batches_of(calib, batch_size)
+    parts = adapter(model)
+    blocks = parts.blocks()
+    inputs = capture(model, blocks[0].module, batches, offload)
+    desc = f"{method.name} by block" if method else "blocks"
+    for block in tqdm(blocks, desc=desc, disable=not progress):
+        with placed(block.module, device):
+            run = BlockRunner(block.module, device or home(block.module), offload)
+            if isinstance(method, LinearMethod):
+                replacements = change_linears(method, model, block, inputs, run, one_pass)
+            elif isinstance(method, BlockMethod):
+                replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
+                run.propagate(inputs)
+            else:
+                replacements = {}
+                run.propagate(inputs)
+            for name, new in replacements.items():
+                replace_module(model, name, new)
+        if on_block is not None:
+            on_block(block, inputs.hidden)
+    if isinstance(method, LinearMethod) and method.head:
+        quantize_head(method, model, inputs)
+    return inputs.hidden
+
+
+def change_linears(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
+                   run: BlockRunner, one_pass: bool) -> dict[str, nn.Module]:
+    """Apply a per-linear method to `block` and store the changed block's outputs in `inputs`.
+
+    With `one_pass` (and batches that can be merged) all batches run as one; a true-sequential
+    method then needs a single forward. Returns the replacements still to put in place."""
+    one_batch = merged(inputs) if one_pass else None
+    if one_batch is None:
+        replacements = observe_and_apply(method, model, block, inputs, run)
+        run.propagate(inputs)
+        return replacements
+    if method.true_sequential:
+        replacements = quantize_in_one_pass(method, model, block, one_batch, run)
+    else:
+        replacements = observe_and_apply(method, model, block, one_batch, run)
+        run.propagate(one_batch)
+    split_like(inputs, one_batch.hidden[0])
+    return replacements
+
+
+def quantize_head(method: LinearMethod, model: nn.Module, inputs: BlockInputs) -> None:
+    """Apply `method` to the output head, observing the final norm of the last block's outputs."""
+    name, head = head_of(model, method)
+    if not method.selects(name, head):
+        return
+    norm, stats = adapter(model).final_norm(), method.init_stats(head)
+    device = home(head)
+    for hidden in inputs.hidden:
+        x = norm(hidden.to(device) if device is not None else hidden)
+        stats = method.observe(stats, x.reshape(-1, x.shape[-1]))
+    new = method.apply(head, stats, name)
+    if new is not None and new is not head:
+        replace_head(model, name, new)
+
+

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import torch
+
+import tcompress as tc
+
+from helpers import build
+
+FAST = tc.BenchSettings(batch_sizes=(1, 2), seqlen=8, new_tokens=3, repeats=2, warmup=1)
+
+
+def test_bench_two_language_models_in_one_run(tmp_path):
+    report = tc.bench({"a": build("llama"), "b": build("gpt2")}, FAST, progress=False)
+    phases = {(r.model, r.phase, r.batch) for r in report.rows}
+    assert phases == {(m, p, b) for m in "ab" for p in ("prefill", "decode") for b in (1, 2)}
+    assert all(r.latency_ms > 0 and r.throughput > 0 and r.peak_memory_mb >= 0 for r in report.rows)
+    facts = {f.name: f for f in report.models}
+    assert facts["a"].parameters == sum(p.numel() for p in build("llama").parameters())
+    buffers = sum(b.numel() * 4 for b in build("llama").buffers())  # rotary frequencies
+    assert facts["a"].bytes_in_memory == 4 * facts["a"].parameters + buffers
+    assert facts["a"].bytes_on_disk > facts["a"].bytes_in_memory * 0.9
+    report.to_json(tmp_path / "b.json")
+    report.plot(tmp_path / "b.png")
+    assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["model"] == "a"
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| model" in report.table()
+
+
+def test_bench_encoder_and_image_classifier():
+    report = tc.bench({"bert": build("bert"), "vit": build("vit")}, FAST, disk=False, progress=False)
+    assert {(r.model, r.phase) for r in report.rows} == {("bert", "forward"), ("vit", "forward")}
+    assert report.models[0].bytes_on_disk is None
+
+
+def test_rounds_keep_the_median_round_of_each_model():
+    from dataclasses import replace
+
+    report = tc.bench({"vit": build("vit")}, replace(FAST, rounds=3, batch_sizes=(1, 2)), disk=False, progress=False)
+    assert [(r.model, r.batch) for r in report.rows] == [("vit", 1), ("vit", 2)]
+    rows = [tc.eval.harness.BenchRow("m", "forward", 1, 8, latency, 1000 / latency, peak)
+            for latency, peak in ((5.0, 10.0), (9.0, 30.0), (7.0, 20.0))]
+    (median,) = tc.eval.harness.median_rows(rows)
+    assert (median.latency_ms, median.throughput, median.peak_memory_mb) == (7.0, 1000 / 7.0, 30.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_sizes": ()}, "batch_sizes"), ({"batch_sizes": (1, 0)}, "batch_sizes"),
+    ({"repeats": 0}, "repeats"), ({"warmup": -1}, "warmup"), ({"rounds": 0}, "rounds"),
+])
+def test_bad_bench_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tc.BenchSettings(**kwargs)
+
+
+def test_bench_refuses_plain_modules_and_nothing():
+    import torch
+
+    with pytest.raises(ValueError, match="bench measures"):
+        tc.bench({"x": torch.nn.Linear(2, 2)}, FAST)
+    with pytest.raises(ValueError, match="empty"):
+        tc.bench({}, FAST)
+
+
+def test_peak_memory_sees_a_freed_allocation_and_resets_between_uses():
+    from tcompress.core.memory import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as big:
+        block = torch.ones(50 * 2**20)  # 200 MB, touched
+        del block
+    with PeakMemory(torch.device("cpu")) as small:
+        pass
+    assert big.peak - small.peak > 150 * 2**20
