@@ -80,3 +80,12 @@ def test_minilm_embeds_similar_sentences_closer():
     emb = tc.eval.embed(model, tok, ["A man is playing a guitar.", "Someone plays the guitar.",
                                      "The stock market fell sharply today."])
     assert emb[0] @ emb[1] > 0.6 > emb[0] @ emb[2]
+
+
+@needs_default
+@pytest.mark.slow
+def test_generate_runs_on_a_named_model(capsys):
+    from tcompress.cli import main
+
+    assert main(["-q", "generate", "default", "--prompt", "The capital of France is", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()

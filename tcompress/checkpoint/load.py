@@ -20,6 +20,7 @@ from accelerate import init_empty_weights
 from safetensors.torch import load_file
 from torch import nn
 
+from tcompress.checkpoint.integrity import CheckpointError, check_weight_files, verify_digests
 from tcompress.checkpoint.record import Record
 from tcompress.checkpoint.save import save
 from tcompress.core.cache import cache_root
@@ -34,14 +35,16 @@ HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
-         device_map: str | dict | None = None, processor: bool = True) -> tuple[nn.Module, Any]:
+         device_map: str | dict | None = None, processor: bool = True, verify: bool = False) -> tuple[nn.Module, Any]:
     """Load a model and its tokenizer (or image processor; None if it has neither).
 
     `dtype` is the floating-point type of the weights ("auto" keeps the checkpoint's);
     `device_map` is passed to transformers (e.g. "auto" to offload with accelerate);
     `processor=False` skips the tokenizer (None is returned), for serving token ids: a
-    tokenizer can take more memory than a 4-bit model's linears.
-    The model is returned in eval mode.
+    tokenizer can take more memory than a 4-bit model's linears; `verify=True` first checks
+    every file of a saved folder against the sha256 `tc.save` recorded. A folder that cannot
+    be loaded as it is (missing, truncated or corrupted files, a config that does not match
+    its tensors) raises a `CheckpointError` naming the file. The model is returned in eval mode.
     """
     with_processor, processor = processor, None  # the flag; then what is loaded
     key = str(spec)
@@ -55,7 +58,7 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
             model, processor = read_gguf(path, dtype, with_processor)
             model.tc_record = Record(source=str(path))
         elif path.is_dir():
-            model, processor = _load_folder(path, dtype, device_map, with_processor)
+            model, processor = _load_folder(path, dtype, device_map, with_processor, verify)
         elif path.exists():
             raise ModelSpecError(f"model spec {key!r} is a file but not a .gguf file; expected a folder or .gguf")
         elif HUB_ID.match(key):
@@ -71,30 +74,75 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
 
 
 def _load_named(name: str, dtype, device_map, with_processor: bool = True) -> tuple[nn.Module, Any]:
-    path = named.locate(name)
-    if path.is_dir():
-        model, processor = _load_folder(path, dtype, device_map, with_processor)
-    else:
-        cache = cache_root() / f"{named.NAMED[name].package}-{named.version(name)}"
-        if not (cache / "config.json").is_file():
-            log.info("converting %s to a cached folder at %s (once)", path.name, cache)
-            model, processor = read_gguf(path, torch.float32)
-            model.tc_record = Record(source=str(path))
-            save(model, cache, processor)
-        model, processor = _load_folder(cache, dtype, device_map, with_processor)
+    model, processor = _load_folder(named_folder(name), dtype, device_map, with_processor)
     model.tc_record = Record(source=name)
     return model, processor
 
 
-def _load_folder(source: str | Path, dtype, device_map, with_processor: bool = True) -> tuple[nn.Module, Any]:
+def named_folder(name: str) -> Path:
+    """The Hugging Face folder of the named model `name`: the one it ships, or, for a GGUF
+    file, the folder it is converted to once (in the tcompress cache)."""
+    path = named.locate(name)
+    if path.is_dir():
+        return path
+    cache = cache_root() / f"{named.NAMED[name].package}-{named.version(name)}"
+    if not (cache / "config.json").is_file():
+        log.info("converting %s to a cached folder at %s (once)", path.name, cache)
+        model, processor = read_gguf(path, torch.float32)
+        model.tc_record = Record(source=str(path))
+        save(model, cache, processor)
+    return cache
+
+
+def local_folder(spec: str | os.PathLike) -> Path:
+    """The folder on this machine that holds the model `spec`: a named model's (converted
+    once if needed) or the folder itself, for readers of the files (the lean decoder)."""
+    if str(spec) in named.NAMED:
+        return named_folder(str(spec))
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ModelSpecError(f"model {str(spec)!r}: expected a named model ({', '.join(named.NAMED)}) or a saved "
+                             "model folder")
+    return path
+
+
+def _load_folder(source: str | Path, dtype, device_map, with_processor: bool = True,
+                 verify: bool = False) -> tuple[nn.Module, Any]:
+    local = Path(source).is_dir()
+    record = Record.read(Path(source)) if local else None
+    if verify:
+        if record is None:
+            raise CheckpointError(f"{str(source)!r}: no tcompress.json, so no recorded digests to verify against")
+        verify_digests(Path(source), record.files)
     config = read_config(source)
-    record = Record.read(Path(source)) if Path(source).is_dir() else None
+    cls = model_class(config)
+    if local:
+        check_weight_files(Path(source), safetensors_only=bool(record and record.modules))
     if record is not None and record.modules:
-        model = load_packed(model_class(config), config, Path(source), record.modules, dtype)
+        model = load_packed(cls, config, Path(source), record.modules, dtype)
     else:
         model = read_float(source, config, dtype, device_map)
     model.tc_record = record or Record(source=str(source))
     return model, read_processor(source) if with_processor else None
+
+
+SHAPE_FIELDS = ("in_features", "out_features", "num_embeddings", "embedding_dim")
+
+
+def built_module(model: nn.Module, name: str) -> nn.Module | None:
+    """The module the config built at `name`, or None where it built none (an input quantizer slot)."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def check_fits(folder: Path, name: str, built: nn.Module | None, packed: nn.Module) -> None:
+    """Refuse a packed module whose shape differs from the one the config builds in its place."""
+    for field in SHAPE_FIELDS:
+        if hasattr(built, field) and hasattr(packed, field) and getattr(built, field) != getattr(packed, field):
+            raise CheckpointError(f"{str(folder)!r}: {name} has {field}={getattr(packed, field)} in tcompress.json but "
+                                  f"{getattr(built, field)} by config.json: the two do not describe one model")
 
 
 def load_packed(cls: type, config, folder: Path, layouts: dict[str, dict], dtype: torch.dtype) -> nn.Module:
@@ -108,20 +156,33 @@ def load_packed(cls: type, config, folder: Path, layouts: dict[str, dict], dtype
         try:
             packed = format_class(layout.get("format"))
         except ValueError as error:
-            raise ValueError(f"{str(folder)!r}: module {name!r}: {error}") from None
+            raise CheckpointError(f"{str(folder)!r}: module {name!r}: {error}") from None
         classes.add(packed)
         with init_empty_weights(include_buffers=True):  # the codes come from the files: no buffer allocated twice
-            replace_module(model, name, packed.from_layout(layout, dtype))
+            new = packed.from_layout(layout, dtype)
+        check_fits(folder, name, built_module(model, name), new)
+        replace_module(model, name, new)
     state = {}
-    for file in sorted(folder.glob("*.safetensors")):
+    for file in check_weight_files(folder):
         state.update(load_file(file))
-    result = model.load_state_dict(state, strict=False, assign=True)
+    expected = {name: tuple(t.shape) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as error:  # shapes the config does not give
+        raise CheckpointError(f"{str(folder)!r}: its tensors do not fit its config.json and tcompress.json: "
+                              f"{str(error).splitlines()[-1].strip()}") from None
+    loaded = {name: tuple(t.shape) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    misfits = [f"{name} {loaded[name]} for {shape}" for name, shape in expected.items()
+               if name in loaded and loaded[name] != shape]
+    if misfits:
+        raise CheckpointError(f"{str(folder)!r}: tensors of other shapes than config.json and tcompress.json give: "
+                              f"{', '.join(misfits[:3])}")
     model.tie_weights()
     for packed in classes:
         if hasattr(packed, "after_load"):
             packed.after_load(model)
     still_empty = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if result.unexpected_keys or still_empty:
-        raise ValueError(f"{str(folder)!r} does not match its tcompress.json: unexpected "
+        raise CheckpointError(f"{str(folder)!r} does not match its tcompress.json: unexpected "
                          f"{result.unexpected_keys[:5]}, missing {still_empty[:5]}")
     return model

@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from tcompress.checkpoint.integrity import CheckpointError
+
 RECORD_FILE = "tcompress.json"
 FORMAT_VERSION = 1
 
@@ -20,6 +22,7 @@ class Record:
     source: str
     applied: list[dict[str, Any]] = field(default_factory=list)
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)  # packed modules' layouts, set on save
+    files: dict[str, str] = field(default_factory=dict)  # sha256 of every file written beside it, set on save
     format: int = FORMAT_VERSION
 
     @classmethod
@@ -27,9 +30,14 @@ class Record:
         path = Path(folder) / RECORD_FILE
         if not path.is_file():
             return None
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{str(path)!r}: not readable JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{str(path)!r}: expected a JSON object, got {type(data).__name__}")
         return cls(source=data.get("source", str(folder)), applied=data.get("applied", []),
-                   modules=data.get("modules", {}))
+                   modules=data.get("modules", {}), files=data.get("files", {}))
 
 
 def record_of(model: nn.Module) -> Record:

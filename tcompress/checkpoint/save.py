@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from tcompress.checkpoint.integrity import file_digests
 from tcompress.checkpoint.record import RECORD_FILE, record_of
 from tcompress.core.sizes import folder_bytes
 from tcompress.models.loading import drop_gguf_marker
@@ -28,7 +29,8 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
     """Write `model` (and its tokenizer or image processor) to `folder`, atomically.
 
     `processor` defaults to the one `tc.load` attached to the model. `tc.load(folder)`
-    gives both back, with the record of what was applied.
+    gives both back, with the record of what was applied; the record holds the sha256 of
+    every file written, which `tc.load(folder, verify=True)` checks.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -46,7 +48,7 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
         model.save_pretrained(tmp, safe_serialization=True, save_original_format=not layouts)
         if processor is not None:
             processor.save_pretrained(tmp)
-        record = replace(record_of(model), modules=layouts)
+        record = replace(record_of(model), modules=layouts, files=file_digests(tmp))
         (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
         _replace(tmp, folder)
     finally:

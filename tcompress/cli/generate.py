@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
+from tcompress.checkpoint.load import local_folder
 from tcompress.cli.common import positive
 from tcompress.core.memory import PeakMemory
 from tcompress.runtime.decoder import Decoder
@@ -21,9 +21,10 @@ def add(commands: argparse._SubParsersAction) -> None:
     generate = commands.add_parser(
         "generate", help="greedy text continuation through the lean decoder (no transformers model code)",
         description="Continue --prompt greedily with tcompress's decoder, on the model loaded by "
-        "tc.runtime.load_for_decoding: a Llama-family folder (packed by tcompress or float), its "
-        "tokenizer.json read by the tokenizers library.")
-    generate.add_argument("model", metavar="DIR", help="a saved model folder with tokenizer.json")
+        "tc.runtime.load_for_decoding: a named model or a Llama-family folder (packed by tcompress or float), "
+        "its tokenizer.json read by the tokenizers library.")
+    generate.add_argument("model", metavar="MODEL", help="a named model (default, smollm2-135m) or a saved model "
+                          "folder with tokenizer.json")
     generate.add_argument("--prompt", required=True, help="text to continue")
     generate.add_argument("--max-new-tokens", type=positive, default=64, help="default 64")
     generate.add_argument("--stats", action="store_true", help="print prefill time, decode tokens/s and peak RSS")
@@ -31,7 +32,7 @@ def add(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    folder = Path(args.model)
+    folder = local_folder(args.model)
     if not (folder / "tokenizer.json").is_file():
         raise ValueError(f"MODEL {args.model!r}: expected a saved model folder with tokenizer.json")
     with PeakMemory(torch.device("cpu")) as memory:

@@ -15,11 +15,13 @@ from tcompress.report import format_table
 def add(commands: argparse._SubParsersAction) -> None:
     info = commands.add_parser("info", help="architecture, parameters and bytes by module kind", epilog=EPILOG)
     info.add_argument("model", metavar="MODEL")
+    info.add_argument("--verify", action="store_true", help="first check every file of a saved folder against the "
+                      "sha256 tc.save recorded in its tcompress.json")
     info.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    model, _ = load(args.model)
+    model, _ = load(args.model, verify=args.verify)
     parts = adapter(model)
     by_kind = parameters_by_kind(model)
     total_params = sum(count for count, _ in by_kind.values())
@@ -32,3 +34,5 @@ def run(args: argparse.Namespace) -> None:
     rows = [{"kind": kind, "parameters": count, "MB": size / 2**20, "share": f"{100 * count / max(total_params, 1):.2f}%"}
             for kind, (count, size) in sorted(by_kind.items(), key=lambda kv: -kv[1][1])]
     print(format_table(rows))
+    if args.verify:
+        print(f"\nverified: every file matches the sha256 in {args.model}/tcompress.json")

@@ -24,6 +24,11 @@ class UnsupportedArchitectureError(ValueError):
     """The model's architecture is not one transformers (or tcompress) can build."""
 
 
+class CheckpointError(ValueError):
+    """A saved model folder that cannot be loaded as it is (missing, truncated, corrupted or
+    changed files, tensors that do not fit the config)."""
+
+
 def drop_gguf_marker(model: nn.Module) -> None:
     """Forget that weights came from a GGUF file: they are dequantized floats by now.
 
@@ -83,8 +88,19 @@ def model_class(config: Any) -> type:
 
 
 def read_float(source: str | Path, config: Any, dtype: torch.dtype | str, device_map: str | dict | None) -> nn.Module:
-    """The float model of a folder or hub id, as transformers loads it."""
-    model = model_class(config).from_pretrained(source, config=config, dtype=dtype, device_map=device_map)
+    """The float model of a folder or hub id, as transformers loads it; tensors that do not
+    fit the config, or weights missing from the files (transformers would initialise them at
+    random), are refused."""
+    try:
+        model, info = model_class(config).from_pretrained(source, config=config, dtype=dtype, device_map=device_map,
+                                                          output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, RuntimeError) as error:
+        raise CheckpointError(f"{str(source)!r}: {str(error).strip().splitlines()[0]}") from None
+    mismatched = [f"{key} {tuple(saved)} for {tuple(expected)}" for key, saved, expected in info["mismatched_keys"]]
+    if mismatched or info["missing_keys"]:
+        problem = (f"tensors of other shapes than config.json gives: {', '.join(mismatched[:3])}" if mismatched
+                   else f"weights missing from the files: {', '.join(sorted(info['missing_keys'])[:5])}")
+        raise CheckpointError(f"{str(source)!r}: {problem}")
     drop_gguf_marker(model)
     return model
 

@@ -236,3 +236,8 @@ def test_methods_of_another_command_or_none_are_refused(tiny_folder, tmp_path, c
     assert main(["-q", argv[0], tiny_folder, *argv[1:], "--out", str(tmp_path / "q")]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "q").exists()
+
+
+def test_generate_names_what_it_needs(capsys):
+    assert main(["-q", "generate", "no-such-model", "--prompt", "x"]) == 2
+    assert "expected a named model" in capsys.readouterr().err
