@@ -193,7 +193,7 @@ def measure_llama_cpp(args, path: str) -> dict:
         prefill_seconds = min(timed(lambda: prefill(long_prompt)) for _ in range(2))
     decode = (args.new_tokens - 1) / (full - one)
     point = {"model": f"{Path(path).stem} (llama.cpp)", "phase": "decode", "batch": 1, "seqlen": args.prompt,
-             "latency_ms": 1000 / decode, "throughput": decode, "peak_memory_mb": memory.peak / 2**20}
+             "latency_ms": 1000 / decode, "throughput": decode, "memory_mb": memory.peak / 2**20}
     return {"decode_tok_s": decode, "prefill_tok_s": args.prefill / prefill_seconds,
             "peak_rss_mb": memory.peak / 2**20, "model_rss_mb": (memory.peak - baseline) / 2**20,
             "bytes_per_token": Path(path).stat().st_size, "bench": [point]}  # batch 1 only: a point on the plot

@@ -39,25 +39,35 @@ def write_json(path: str | Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def plot_latency(rows: list[Any], path: str | Path, title: str = "latency vs batch size") -> None:
-    """Latency against batch size, one line per model, one panel per phase; saved as PNG."""
+def plot_throughput(rows: list[Any], path: str | Path, title: str = "throughput vs batch size",
+                    baseline: str | None = None) -> None:
+    """Throughput against batch size, one line per model, one panel per phase, each point of
+    the other models labelled with its speed-up over `baseline` (default: the first model);
+    saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     phases = list(dict.fromkeys(row.phase for row in rows))
+    models = list(dict.fromkeys(row.model for row in rows))
+    baseline = baseline or models[0]
+    base = {(r.phase, r.batch): r.throughput for r in rows if r.model == baseline}
     fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4.2), squeeze=False)
     for ax, phase in zip(axes[0], phases):
-        for model in dict.fromkeys(row.model for row in rows):
-            points = sorted((r.batch, r.latency_ms) for r in rows if r.model == model and r.phase == phase)
+        for model in models:
+            points = sorted((r.batch, r.throughput) for r in rows if r.model == model and r.phase == phase)
             ax.plot(*zip(*points), marker="o", label=model)
-        unit = "ms per token" if phase == "decode" else "ms"
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=f"{phase} latency ({unit})", title=phase)
+            for batch, value in points if model != baseline else ():
+                if (phase, batch) in base:
+                    ax.annotate(f"{value / base[phase, batch]:.2f}x", (batch, value), textcoords="offset points",
+                                xytext=(0, 6), ha="center", fontsize=8)
+        unit = "items/s" if phase == "forward" else "tokens/s"
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=f"{phase} throughput ({unit})", title=phase)
         ax.set_xticks(sorted({r.batch for r in rows}), labels=[str(b) for b in sorted({r.batch for r in rows})])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(f"{title}; labels: speed-up over {baseline}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

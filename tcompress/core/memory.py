@@ -60,20 +60,36 @@ def reuse_freed_memory() -> Iterator[None]:
             libc.malloc_trim(0)
 
 
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim; elsewhere nothing)."""
+    libc = _glibc()
+    if libc is not None and _depth == 0:  # inside reuse_freed_memory the freed memory is kept on purpose
+        libc.malloc_trim(0)
+
+
 class PeakMemory:
     """Peak memory while the `with` body runs: allocated bytes on CUDA, the process's
-    resident set on CPU (weights included: what the machine must have). On Linux the kernel
-    keeps the high-water mark (reset on entry through /proc/self/clear_refs), so nothing runs
-    beside the body; elsewhere a thread samples the resident set every 2 ms."""
+    resident set on CPU (weights included: what the machine must have), as `peak`; `added`
+    is how far it rose above where it was on entry (on CPU, after the heap handed freed memory
+    back, so what the body allocates again is counted). On Linux the kernel keeps the
+    high-water mark (reset on entry through /proc/self/clear_refs), so nothing runs beside the
+    body; elsewhere a thread samples the resident set every 2 ms."""
 
     def __init__(self, device: torch.device):
-        self.device, self.peak = device, 0
+        self.device, self.peak, self.start = device, 0, 0
+
+    @property
+    def added(self) -> int:
+        return max(0, self.peak - self.start)
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
             return self
+        trim_heap()
         self.process, self.running = psutil.Process(), True
+        self.start = self.process.memory_info().rss
         self.kernel_mark = _reset_high_water_mark()
         if not self.kernel_mark:
             self.thread = threading.Thread(target=self._sample, daemon=True)

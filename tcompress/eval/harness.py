@@ -3,8 +3,10 @@
 Causal LMs are measured in two phases: prefill (one forward over the prompt, filling the KV
 cache) and decode (one token at a time through the cache, reported per token). Encoders
 and image classifiers are measured as one forward. Every figure is the median of
-`repeats` timed runs after `warmup` untimed ones, on random inputs of the stated shape.
-Peak memory is sampled while the runs go: allocated bytes on CUDA, resident memory on CPU.
+`repeats` timed runs after warm-up runs (at least `warmup`, more until two in a row agree), on
+random inputs of the stated shape. Memory is each model's own: its tensors plus the peak its
+runs added (allocated bytes on CUDA, resident memory on CPU), not the process's, which holds
+every model loaded beside it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from tcompress.checkpoint.save import disk_bytes
 from tcompress.core.memory import PeakMemory
 from tcompress.core.sizes import parameter_count, tensor_bytes
-from tcompress.report import format_table, plot_latency
+from tcompress.report import format_table, plot_throughput
 from tcompress.runtime.decoder import DECODER_MODEL_TYPES, Decoder
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
@@ -72,7 +74,7 @@ class BenchRow:
     seqlen: int
     latency_ms: float  # per forward; per generated token for decode
     throughput: float  # tokens/s (LM phases) or items/s (forward)
-    peak_memory_mb: float  # peak resident set (CPU) or allocated memory (CUDA) during the run
+    memory_mb: float  # the model's tensors plus the most the run added (activations, caches): this model's own
 
 
 @dataclass
@@ -91,8 +93,10 @@ class BenchReport:
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
-    def plot(self, path: str | Path) -> None:
-        plot_latency(self.rows, path, title=f"latency vs batch size ({self.threads} threads)")
+    def plot(self, path: str | Path, baseline: str | None = None) -> None:
+        """Throughput against batch size, the speed-up over `baseline` (default: the first
+        model) labelled at each point."""
+        plot_throughput(self.rows, path, title=f"throughput vs batch size ({self.threads} threads)", baseline=baseline)
 
 
 def model_kind(model: nn.Module) -> str:
@@ -106,17 +110,36 @@ def model_kind(model: nn.Module) -> str:
     return "module"
 
 
-def _timed(fn: Callable[[], Any], settings: BenchSettings, device: torch.device) -> list[float]:
-    for _ in range(settings.warmup):
-        fn()
-    times = []
-    for _ in range(settings.repeats):
+WARMUP_LIMIT = 8  # warm-up runs at most, until two in a row agree
+STEADY = 0.2  # within 20% of each other
+
+
+def _timed(run: Callable[[], float], settings: BenchSettings) -> list[float]:
+    """`settings.repeats` timings of `run` (which returns the seconds it measured), after
+    warm-up runs: at least `settings.warmup` (and two), and more while the last two differ by over 20%
+    (a first use that pays one-off costs, such as allocating and touching fresh memory,
+    building a kernel or starting threads, is then never timed as the model's)."""
+    warm = [run() for _ in range(settings.warmup)]
+    while settings.warmup and len(warm) < WARMUP_LIMIT and not _steady(warm):
+        warm.append(run())
+    return [run() for _ in range(settings.repeats)]
+
+
+def _steady(times: list[float]) -> bool:
+    """Whether the last two runs agree (two at least are needed to tell)."""
+    return len(times) >= 2 and abs(times[-1] - times[-2]) <= STEADY * min(times[-1], times[-2])
+
+
+def _seconds(fn: Callable[[], Any], device: torch.device) -> Callable[[], float]:
+    """`fn` as a run that returns its wall time."""
+    def run() -> float:
         _sync(device)
         start = time.perf_counter()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        return time.perf_counter() - start
+
+    return run
 
 
 def _sync(device: torch.device) -> None:
@@ -133,28 +156,32 @@ def _bench_causal_lm(name: str, model: nn.Module, batch: int, settings: BenchSet
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (batch, settings.seqlen), generator=torch.Generator().manual_seed(0)).to(device)
-    prefill, step = _lm_engine(model, batch, settings)
-    decode_times: list[float] = []
-
-    def prefill_and_decode() -> None:
-        token = prefill(prompt)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(settings.new_tokens):
-            token = step(token)
-        _sync(device)
-        decode_times.append((time.perf_counter() - start) / settings.new_tokens)
-
     with PeakMemory(device) as memory:
-        prefill_times = _timed(lambda: prefill(prompt), settings, device)
-        _timed(prefill_and_decode, settings, device)
-    decode_times = decode_times[settings.warmup :]
-    prefill_s, decode_s = statistics.median(prefill_times), statistics.median(decode_times)
-    peak = memory.peak / 2**20
+        prefill, step = _lm_engine(model, batch, settings)
+
+        def decode() -> float:
+            """Seconds per token of `new_tokens` decode steps after a prefill."""
+            token = prefill(prompt)
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(settings.new_tokens):
+                token = step(token)
+            _sync(device)
+            return (time.perf_counter() - start) / settings.new_tokens
+
+        prefill_s = statistics.median(_timed(_seconds(lambda: prefill(prompt), device), settings))
+        decode_s = statistics.median(_timed(decode, settings))
+    used = model_memory_mb(model, memory)
     return [
-        BenchRow(name, "prefill", batch, settings.seqlen, prefill_s * 1e3, batch * settings.seqlen / prefill_s, peak),
-        BenchRow(name, "decode", batch, settings.seqlen, decode_s * 1e3, batch / decode_s, peak),
+        BenchRow(name, "prefill", batch, settings.seqlen, prefill_s * 1e3, batch * settings.seqlen / prefill_s, used),
+        BenchRow(name, "decode", batch, settings.seqlen, decode_s * 1e3, batch / decode_s, used),
     ]
+
+
+def model_memory_mb(model: nn.Module, memory: PeakMemory) -> float:
+    """The model's own memory in a run: its tensors plus what the run added at its peak (the
+    process's resident set holds every model loaded beside it too)."""
+    return (tensor_bytes(model) + memory.added) / 2**20
 
 
 def uses_fast_decoder(model: nn.Module, engine: str) -> bool:
@@ -201,10 +228,9 @@ def _bench_forward(name: str, model: nn.Module, kind: str, batch: int, settings:
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in _example_inputs(model, kind, batch, settings).items()}
     with PeakMemory(device) as memory:
-        times = _timed(lambda: model(**inputs), settings, device)
-    seconds = statistics.median(times)
+        seconds = statistics.median(_timed(_seconds(lambda: model(**inputs), device), settings))
     seqlen = settings.seqlen if kind == "encoder" else 0
-    return [BenchRow(name, "forward", batch, seqlen, seconds * 1e3, batch / seconds, memory.peak / 2**20)]
+    return [BenchRow(name, "forward", batch, seqlen, seconds * 1e3, batch / seconds, model_memory_mb(model, memory))]
 
 
 def bench(models: dict[str, nn.Module] | nn.Module, settings: BenchSettings | None = None, *,
@@ -246,5 +272,5 @@ def median_rows(rows: list[BenchRow]) -> list[BenchRow]:
     merged = []
     for group in groups.values():
         middle = sorted(group, key=lambda r: r.latency_ms)[(len(group) - 1) // 2]
-        merged.append(replace(middle, peak_memory_mb=max(r.peak_memory_mb for r in group)))
+        merged.append(replace(middle, memory_mb=max(r.memory_mb for r in group)))
     return merged
