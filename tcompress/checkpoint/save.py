@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from torch import nn
 
 from tcompress.checkpoint.integrity import file_digests
 from tcompress.checkpoint.record import RECORD_FILE, record_of
+from tcompress.core.files import written_atomically
 from tcompress.core.sizes import folder_bytes
 from tcompress.models.loading import drop_gguf_marker
 from tcompress.packed.registry import packed_layouts
@@ -39,9 +38,7 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
         raise TypeError(f"save expects a Hugging Face model (with save_pretrained), got {type(model).__name__}")
     processor = processor if processor is not None else getattr(model, "tc_processor", None)
     drop_gguf_marker(model)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with written_atomically(folder) as tmp:
         layouts = packed_layouts(model)
         # packed models load through tc.load, by their module names as they are in memory (a
         # family transformers renames on save, e.g. ViT, would not match its layouts otherwise)
@@ -50,21 +47,7 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
             processor.save_pretrained(tmp)
         record = replace(record_of(model), modules=layouts, files=file_digests(tmp))
         (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
-        _replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _replace(tmp: Path, folder: Path) -> None:
-    """Move the finished `tmp` to `folder`, replacing an earlier save only at the end."""
-    if not folder.exists():
-        tmp.rename(folder)
-        return
-    old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-    folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def disk_bytes(model: nn.Module) -> int | None:

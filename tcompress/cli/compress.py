@@ -25,6 +25,7 @@ from tcompress.engine.method import Method, methods_of
 from tcompress.eval.harness import model_kind
 from tcompress.eval.lm import perplexity
 from tcompress.eval.vision import accuracy
+from tcompress.export.formats import GRIDS, TARGETS, grid_text, requantized
 from tcompress.report import format_table
 
 DEFAULT_METHOD = {"quantize": "gptq", "prune": "sparsegpt"}
@@ -36,8 +37,13 @@ HELP = {"quantize": "quantize weights (packed int storage) and save the model",
 
 
 def add(commands: argparse._SubParsersAction) -> None:
-    method_command(commands, "quantize").set_defaults(
-        run=lambda args: compress_and_report(args, method_from_args(args, "quantize")))
+    quantize = method_command(commands, "quantize")
+    quantize.add_argument("--for", dest="target", choices=TARGETS,
+                          help="the export it is for: quantize on the grid that format holds as it is "
+                          "(gguf-q4_0: 4 bits, groups of 32, symmetric; gguf-q8_0: 8 bits, groups of 32, symmetric; "
+                          "compressed-tensors: symmetric, which transformers and lm-eval load quantized), so the "
+                          "export writes the codes without requantizing")
+    quantize.set_defaults(run=run_quantize)
     prune = method_command(commands, "prune")
     shortcuts = prune.add_argument_group("structured shortcuts: a smaller dense model that plain transformers loads")
     shortcuts.add_argument("--structured", action="store_true", help="the same as --method structured")
@@ -64,6 +70,19 @@ def methods_text(kind: str) -> str:
     return f"{kind.capitalize()} MODEL with one method and save it, packed.\n\nmethods:\n" + "\n".join(lines)
 
 
+def run_quantize(args: argparse.Namespace) -> None:
+    if args.target is None:
+        compress_and_report(args, method_from_args(args, "quantize"))
+        return
+    method = method_from_args(args, "quantize", GRIDS[args.target], why=f"--for {args.target}")
+    print(f"--for {args.target}: quantizing on its grid ({grid_text(args.target)})")
+    model = compress_and_report(args, method)
+    left = requantized(model, args.target)
+    if left:
+        print(f"note: {len(left)} linears (e.g. {left[0]}) hold what {args.target} cannot store (an input scale, "
+              f"outlier columns or fractional zeros) and will be requantized at export")
+
+
 def run_prune(args: argparse.Namespace) -> None:
     chosen_parts = tuple(part for part in STRUCTURED_PARTS if getattr(args, part))
     if args.structured:
@@ -75,7 +94,7 @@ def run_prune(args: argparse.Namespace) -> None:
     compress_and_report(args, method_from_args(args, "prune"))
 
 
-def compress_and_report(args: argparse.Namespace, method: Method) -> None:
+def compress_and_report(args: argparse.Namespace, method: Method) -> nn.Module:
     """Load, apply `method`, save to --out; print size, time and (with --eval) quality before
     and after."""
     out = out_folder(args.out)
@@ -95,6 +114,7 @@ def compress_and_report(args: argparse.Namespace, method: Method) -> None:
         rows[1].update(measure(model))
     print(format_table([{key: row.get(key) for key in rows[1]} for row in rows]))
     print(f"\nwrote {out}")
+    return model
 
 
 def quality(args: argparse.Namespace, model: nn.Module, processor: Any) -> Callable[[nn.Module], dict]:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from torch import nn
 
 from tcompress.checkpoint.load import load
 from tcompress.cli.common import EPILOG
+from tcompress.core.files import written_atomically
+from tcompress.core.sizes import folder_bytes
 from tcompress.export.compressed import export_compressed_tensors, load_compressed_tensors
+from tcompress.export.formats import GRIDS, advice
 from tcompress.export.gguf import export_gguf
 from tcompress.export.plain import export_hf
 from tcompress.export.verify import compare, compare_in_llama_cpp, llama_cpp_available
@@ -42,34 +48,40 @@ def run(args: argparse.Namespace) -> None:
     if args.format.startswith("gguf") and out.suffix != ".gguf":
         raise ValueError(f"--out {str(out)!r}: a GGUF export is a file ending in .gguf")
     model, tok = load(args.model)
-    requantized = 0
+    note = advice(model, args.format) if args.format in GRIDS else None
+    if note:
+        print(f"note: {note}")
+    with written_atomically(out) as tmp:  # a refused export leaves nothing at --out
+        exported, requantized = write(args, model, tok, tmp)
+        size = tmp.stat().st_size if tmp.is_file() else folder_bytes(tmp)
+        check = compare(model, exported, tok)
+        if args.format.startswith("gguf") and llama_cpp_available():  # reported, not gated: llama.cpp rounds
+            try:  # activations to 8 bits in quantized products
+                in_llama = compare_in_llama_cpp(model, tmp, tok)
+                print(f"llama.cpp runs it: top-1 agreement {in_llama.top1:.4f}, KL {in_llama.kl:.5f} nats/token")
+            except ValueError as error:  # e.g. a vocabulary without BPE merges, which llama.cpp refuses
+                print(f"llama.cpp could not load it: {error}")
+        floor = args.min_agreement if args.min_agreement is not None else (0.90 if requantized else 0.99)
+        print(f"{args.format}: {size / 2**20:.1f} MB; loaded back: top-1 agreement {check.top1:.4f}, "
+              f"KL {check.kl:.5f} nats/token on the check prompts")
+        if check.top1 < floor:
+            raise ValueError(f"the export agrees with the model on {check.top1:.2%} of next tokens, below "
+                             f"{floor:.0%}; nothing was written to {str(out)!r}")
+    print(f"wrote {out}")
+
+
+def write(args: argparse.Namespace, model: nn.Module, tok: Any, path: Path) -> tuple[nn.Module, int]:
+    """Write the export to `path` and load it back; the loaded model and how many tensors were requantized."""
     if args.format == "compressed-tensors":
-        result = export_compressed_tensors(model, tok, out)
-        requantized = result.requantized
-        exported, packed = load_compressed_tensors(out)
+        result = export_compressed_tensors(model, tok, path)
+        exported, packed = load_compressed_tensors(path)
         print(f"{result.from_codes} linears written from their own codes, {result.requantized} requantized; "
               f"loaded back {'quantized' if packed else 'dequantized (asymmetric zero points)'}")
-    elif args.format == "hf":
-        export_hf(model, tok, out)
-        exported, _ = load(out)
-    else:
-        qtype = args.format.removeprefix("gguf-")
-        result = export_gguf(model, tok, out, qtype, embeddings=args.embeddings)
-        requantized = result.requantized
-        print(f"{result.tensors} tensors; {result.from_codes} linears written from their own codes, "
-              f"{result.requantized} tensors requantized; embeddings {result.embeddings.upper()}")
-        exported, _ = load(out)
-    size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.glob("*.safetensors"))
-    check = compare(model, exported, tok)
-    if args.format.startswith("gguf") and llama_cpp_available():  # reported, not gated: llama.cpp rounds
-        try:  # activations to 8 bits in quantized products
-            in_llama = compare_in_llama_cpp(model, out, tok)
-            print(f"llama.cpp runs it: top-1 agreement {in_llama.top1:.4f}, KL {in_llama.kl:.5f} nats/token")
-        except ValueError as error:  # e.g. a vocabulary without BPE merges, which llama.cpp refuses
-            print(f"llama.cpp could not load it: {error}")
-    floor = args.min_agreement if args.min_agreement is not None else (0.90 if requantized else 0.99)
-    print(f"{args.format}: {size / 2**20:.1f} MB; loaded back: top-1 agreement {check.top1:.4f}, "
-          f"KL {check.kl:.5f} nats/token on the check prompts")
-    if check.top1 < floor:
-        raise ValueError(f"the export agrees with the model on {check.top1:.2%} of next tokens, below {floor:.0%}")
-    print(f"wrote {out}")
+        return exported, result.requantized
+    if args.format == "hf":
+        export_hf(model, tok, path)
+        return load(path)[0], 0
+    result = export_gguf(model, tok, path, args.format.removeprefix("gguf-"), embeddings=args.embeddings)
+    print(f"{result.tensors} tensors; {result.from_codes} linears written from their own codes, "
+          f"{result.requantized} tensors requantized; embeddings {result.embeddings.upper()}")
+    return load(path)[0], result.requantized

@@ -99,8 +99,11 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def method_from_args(args: argparse.Namespace, kind: str) -> Method:
-    """The method config `--method` names, with the fields its spec and the flags give."""
+def method_from_args(args: argparse.Namespace, kind: str, fixed: dict[str, Any] | None = None,
+                     why: str = "") -> Method:
+    """The method config `--method` names, with the fields its spec and the flags give; `fixed`
+    fields are set too (`why`: the option that asks for them), refused where the method has no
+    such field or a flag gives another value."""
     fields_by_flag = {name: getattr(args, name) for cls in methods_of(kind).values()
                       for name in (f.name for f in dataclasses.fields(cls)) if hasattr(args, name)}
     spec = parse_fields(args.method)
@@ -112,4 +115,11 @@ def method_from_args(args: argparse.Namespace, kind: str) -> Method:
     if foreign:
         raise ValueError(f"{', '.join(foreign)} does not apply to --method {cls.name} (its options: "
                          f"{', '.join(flag(name) for name in sorted(own))})")
-    return method_from({**spec, **fields_by_flag})
+    given = {**spec, **fields_by_flag}
+    for name, value in (fixed or {}).items():
+        if name not in own:
+            raise ValueError(f"{why}: --method {cls.name} has no {flag(name)} to set")
+        if name in given and given[name] != value:
+            raise ValueError(f"{flag(name)} {value_text(cls, name, given[name])} conflicts with {why}, which needs "
+                             f"{value_text(cls, name, value)}")
+    return method_from({**given, **(fixed or {})})

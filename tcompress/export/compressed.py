@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tcompress.export.formats import holds
 from tcompress.export.plain import dequantized
 from tcompress.models.loading import drop_gguf_marker
 from tcompress.packed.grid import Grid, quantize_weight
@@ -80,8 +81,7 @@ def packed_layer(module: QuantLinear, pack_to_int32) -> tuple[dict[str, Tensor],
     own codes (True) or a requantization (False)."""
     grid = module.grid
     codes, scales, zeros = module.codes().long(), module.scales.float(), module.zeros.float()
-    exact = (module.input_scale is None and module.outlier_index is None
-             and (grid.symmetric or bool((zeros == zeros.round()).all())))
+    exact = holds(module, "compressed-tensors")
     if not exact:  # round to nearest on the same grid, min-max ranges (integer zeros)
         codes, scales, zeros = quantize_weight(module.dequantize(torch.float32),
                                                Grid(grid.bits, grid.group_size, grid.symmetric))
@@ -103,7 +103,7 @@ def packed_layer(module: QuantLinear, pack_to_int32) -> tuple[dict[str, Tensor],
 def int8_layer(module: Int8Linear) -> tuple[dict[str, Tensor], dict, bool]:
     """The int-quantized tensors of an Int8Linear (int8 weight, channel scales) and its scheme:
     W8A8 with dynamic per-token activations, or weight-only W8."""
-    exact = module.input_scale is None
+    exact = holds(module, "compressed-tensors")
     codes, scales = (module.qweight, module.scales[:, None]) if exact else quantize_rows(module.dequantize(torch.float32))
     weights = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False, "strategy": "channel",
                "observer": "minmax"}

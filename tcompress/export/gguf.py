@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tcompress.export.formats import GRIDS, holds
 from tcompress.models.adapters import adapter
 from tcompress.packed.quant_linear import QuantLinear
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
          "f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32}
-OWN_GRIDS = {"q8_0": 8, "q4_0": 4}  # bits of the symmetric g32 grid each type stores as it is
 FILE_TYPES = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
               "f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}
 BLOCK_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -95,14 +95,15 @@ def _table(module: nn.Module, kind: str, counts: dict) -> tuple[np.ndarray, Any]
     that rounds it (a float table to a quantized type, or a table on another grid)."""
     if _on_own_grid(module, kind):
         return _blocks(module.codes(), module.scales, kind), TYPES[kind]
-    counts["requantized"] += kind in OWN_GRIDS
+    counts["requantized"] += f"gguf-{kind}" in GRIDS
     return _quantized(_weight(module), kind), TYPES[kind]
 
 
 def _on_own_grid(module: nn.Module, kind: str) -> bool:
-    """Whether `module` holds codes on the grid the GGUF type `kind` stores as it is."""
-    grid = getattr(module, "grid", None)
-    return grid is not None and grid.bits == OWN_GRIDS.get(kind) and grid.group_size == 32 and grid.symmetric
+    """Whether `module` (a packed table or head) holds codes on the grid the GGUF type `kind` stores as it is."""
+    grid, wanted = getattr(module, "grid", None), GRIDS.get(f"gguf-{kind}")
+    return (grid is not None and wanted is not None and grid.bits == wanted["bits"]
+            and grid.group_size == wanted["group_size"] and grid.symmetric)
 
 
 def _blocks(codes: Tensor, scales: Tensor, kind: str) -> np.ndarray:
@@ -180,8 +181,7 @@ def _tensors(model: nn.Module, config: Any, qtype: str, embeddings: str | None, 
 
 
 def _linear(module: nn.Module, qtype: str, heads: int | None, counts: dict) -> tuple[np.ndarray, Any]:
-    if (isinstance(module, QuantLinear) and _on_own_grid(module, qtype) and module.outliers == 0
-            and module.input_scale is None):
+    if isinstance(module, QuantLinear) and f"gguf-{qtype}" in GRIDS and holds(module, f"gguf-{qtype}"):
         counts["from_codes"] += 1
         codes, scales = module.codes(), module.scales
         if heads is not None:

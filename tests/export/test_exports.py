@@ -125,7 +125,8 @@ def test_export_command(pair, tmp_path, capsys):
     tc.save(model, tmp_path / "model", tok)
     argv = ["-q", "export", str(tmp_path / "model"), "--format", "gguf-q8_0", "--out", str(tmp_path / "m.gguf")]
     assert main([*argv, "--min-agreement", "1.01"]) == 2
-    assert "below 101%" in capsys.readouterr().err
+    assert "below 101%; nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "m.gguf").exists() and not list(tmp_path.glob(".m*"))  # no refused file left at --out
     assert main([*argv, "--min-agreement", "0.95"]) == 0
     out = capsys.readouterr().out
     assert "top-1 agreement" in out and "wrote" in out
@@ -261,3 +262,45 @@ def merging_tokenizer():
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>")
+
+
+@pytest.mark.parametrize("target", ["gguf-q4_0", "gguf-q8_0", "compressed-tensors"])
+def test_quantizing_for_a_format_exports_every_code_as_it_is(target, pair, tmp_path, capsys):
+    model, tok = pair
+    tc.save(model, tmp_path / "float", tok)
+    quantized = tmp_path / "q"
+    group = ["--group-size", "32"] if target == "compressed-tensors" else []  # the FFN is 96 wide
+    assert main(["-q", "quantize", str(tmp_path / "float"), "--method", "rtn", "--for", target, *group,
+                 "--out", str(quantized)]) == 0
+    assert f"--for {target}: quantizing on its grid" in capsys.readouterr().out
+    out = tmp_path / ("m.gguf" if target.startswith("gguf") else "m")
+    assert main(["-q", "export", str(quantized), "--format", target, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "note:" not in printed and " 0 requantized" in printed.replace("0 tensors requantized", " 0 requantized")
+    if target == "compressed-tensors":
+        assert "loaded back quantized" in printed  # symmetric: transformers builds it packed
+
+
+def test_an_export_that_requantizes_says_which_for_would_not(pair, tmp_path, capsys):
+    model, tok = pair
+    tc.save(model, tmp_path / "float", tok)
+    assert main(["-q", "quantize", str(tmp_path / "float"), "--method", "rtn:group_size=32",
+                 "--out", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    assert main(["-q", "export", str(tmp_path / "q"), "--format", "gguf-q4_0", "--out", str(tmp_path / "m.gguf"),
+                 "--min-agreement", "0"]) == 0
+    assert "will be requantized; quantize with --for gguf-q4_0 (4 bits, groups of 32, symmetric)" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--for", "gguf-q4_0", "--group-size", "64"], "--group-size 64 conflicts with --for gguf-q4_0, which needs 32"),
+    (["--for", "gguf-q8_0", "--method", "rtn:bits=4"], "--bits 4 conflicts with --for gguf-q8_0, which needs 8"),
+    (["--for", "gguf-q8_0", "--method", "smoothquant"], "--for gguf-q8_0: --method smoothquant has no --bits"),
+])
+def test_for_refuses_settings_the_format_cannot_hold(flags, match, pair, tmp_path, capsys):
+    model, tok = pair
+    tc.save(model, tmp_path / "float", tok)
+    assert main(["-q", "quantize", str(tmp_path / "float"), *flags, "--out", str(tmp_path / "q")]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
