@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,17 @@ def tokenize(text: str, tokenizer: Any, special: bool = True) -> Tensor:
         raise ValueError("tokenizer is None: text data needs the model's tokenizer")
     ids = tokenizer(text, add_special_tokens=special, return_attention_mask=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
+
+
+HEADING = re.compile(r"^ = [^=].* = $", re.M)  # a WikiText article's title line
+
+
+def wikitext_pages(text: str) -> list[str]:
+    """WikiText split into its articles (each from its title line), as the document-level
+    WikiText lm-evaluation-harness evaluates."""
+    starts = [match.start() for match in HEADING.finditer(text)] or [0]
+    pages = [text[start:end] for start, end in zip(starts, starts[1:] + [len(text)])]
+    return [page.strip("\n") for page in pages if page.strip()]
 
 
 def windows(source: str | os.PathLike, tokenizer: Any, seqlen: int = 2048, limit: int | None = None,

@@ -97,3 +97,22 @@ def _log_probs(model: nn.Module, ids: Tensor) -> Tensor:
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), use_cache=False).logits
     return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+@torch.no_grad()
+def rolling_nll(model: nn.Module, ids: list[int], prefix: int, max_length: int) -> float:
+    """Summed negative log-likelihood of every token of `ids` in windows of `max_length`: the
+    first window starts from the `prefix` token, each later one is the `max_length` tokens
+    before the ones it predicts, which are scored on its last logits (lm-evaluation-harness's
+    rolling log-likelihood, so both compute the same figure)."""
+    device = next(model.parameters()).device
+    total, done = 0.0, 0
+    while done < len(ids):
+        end = min(done + max_length, len(ids))
+        inputs = [prefix, *ids[:end - 1]] if done == 0 else ids[end - max_length - 1 : end - 1]
+        window = torch.tensor([inputs], device=device)
+        logits = model(input_ids=window, use_cache=False).logits[0].float()
+        targets = torch.tensor(ids[done:end], device=device)
+        total += nn.functional.cross_entropy(logits[-len(targets):], targets, reduction="sum").item()
+        done = end
+    return total
