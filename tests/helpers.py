@@ -24,6 +24,14 @@ def tiny_llama(**overrides) -> transformers.PreTrainedModel:
     return transformers.LlamaForCausalLM(config)
 
 
+def tiny_gemma3(**overrides) -> transformers.PreTrainedModel:
+    """Gemma 3's text model: q/k norms, four norms a block, a sliding-window layer and a full one."""
+    fields = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, sliding_window=8, max_position_embeddings=256,
+                  query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention"])
+    return transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**{**fields, **overrides}))
+
+
 def tiny_opt() -> transformers.PreTrainedModel:
     config = transformers.OPTConfig(
         vocab_size=VOCAB, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
@@ -50,7 +58,7 @@ def tiny_vit(num_labels: int = 10) -> transformers.PreTrainedModel:
     return transformers.ViTForImageClassification(config)
 
 
-TINY = {"llama": tiny_llama, "opt": tiny_opt, "gpt2": tiny_gpt2, "bert": tiny_bert, "vit": tiny_vit}
+TINY = {"llama": tiny_llama, "gemma3": tiny_gemma3, "opt": tiny_opt, "gpt2": tiny_gpt2, "bert": tiny_bert, "vit": tiny_vit}
 
 
 def build(family: str) -> transformers.PreTrainedModel:

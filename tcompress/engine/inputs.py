@@ -10,7 +10,7 @@ batches into one where they can be concatenated.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -27,9 +27,19 @@ class BlockInputs:
     args: list[tuple]  # further positional arguments
     kwargs: list[dict[str, Any]]
     positional: bool  # hidden states passed positionally (else as `hidden_states=`)
+    # blocks whose other arguments differ from the first block's (a sliding-window layer's
+    # mask and rotary tables, in models that mix layer types): block index -> (args, kwargs)
+    later: dict[int, tuple[list[tuple], list[dict[str, Any]]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.hidden)
+
+    def at(self, index: int) -> BlockInputs:
+        """The inputs of block `index`: these hidden states with that block's other arguments."""
+        if index not in self.later:
+            return self
+        args, kwargs = self.later[index]
+        return BlockInputs(self.hidden, args, kwargs, self.positional)
 
 
 class StopForward(Exception):
@@ -72,30 +82,82 @@ def no_kv_cache(model: nn.Module) -> Iterator[None]:
             config.use_cache = saved
 
 
-def capture(model: nn.Module, first_block: nn.Module, batches: list[Any], offload: str | torch.device) -> BlockInputs:
-    """Run the model up to `first_block` on every batch and record what the block gets."""
-    inputs = BlockInputs([], [], [], positional=True)
-
-    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
-        inputs.positional = bool(args)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        inputs.hidden.append(hidden.to(offload))
-        inputs.args.append(tuple(args[1:]))
-        inputs.kwargs.append(kwargs)
-        raise StopForward
-
-    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
+def capture(model: nn.Module, blocks: list[nn.Module] | nn.ModuleList, batches: list[Any],
+            offload: str | torch.device) -> BlockInputs:
+    """Run the model up to its first block on every batch and record what the block gets; in
+    a model whose blocks are of several types (`config.layer_types`: sliding-window and full
+    attention, say), also what every later block gets besides the hidden states, the blocks
+    then standing aside (each passes its input on) so the capture costs no block forward."""
+    types = getattr(getattr(model, "config", None), "layer_types", None)
+    if not (isinstance(blocks, nn.ModuleList) and isinstance(types, (list, tuple)) and len(set(types)) > 1
+            and len(types) == len(blocks)):
+        first = Recorder(0, last=True)
+        handle = blocks[0].register_forward_pre_hook(lambda m, args, kwargs: first(*args, **kwargs), with_kwargs=True)
+        try:
+            run_all(model, batches)
+        finally:
+            handle.remove()
+        return first.inputs(len(batches), offload)
+    recorders = [Recorder(i, last=i == len(blocks) - 1) for i in range(len(blocks))]
+    originals = list(blocks)
+    for i, recorder in enumerate(recorders):
+        blocks[i] = recorder
     try:
-        with torch.no_grad(), no_kv_cache(model):
-            for batch in batches:
-                with contextlib.suppress(StopForward):
-                    call_model(model, batch)
+        run_all(model, batches)
     finally:
-        handle.remove()
-    if len(inputs) != len(batches):
-        raise RuntimeError("the first block was not reached on every calibration batch")
+        for i, original in enumerate(originals):
+            blocks[i] = original
+    inputs = recorders[0].inputs(len(batches), offload)
+    for recorder in recorders[1:]:
+        if not same_arguments((recorder.args, recorder.kwargs), (inputs.args, inputs.kwargs)):
+            inputs.later[recorder.index] = (recorder.args, recorder.kwargs)
     return inputs
+
+
+def run_all(model: nn.Module, batches: list[Any]) -> None:
+    """Run the model on every batch, each forward ended where a recorder ends it."""
+    with torch.no_grad(), no_kv_cache(model):
+        for batch in batches:
+            with contextlib.suppress(StopForward):
+                call_model(model, batch)
+
+
+class Recorder(nn.Module):
+    """Stands in for a block while inputs are captured: records what it gets and passes its
+    hidden states on (the last one, or the only one recorded, ends the forward)."""
+
+    def __init__(self, index: int, last: bool):
+        super().__init__()
+        self.index, self.last = index, last
+        self.hidden, self.args, self.kwargs, self.positional = [], [], [], True
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        kwargs = dict(kwargs)
+        self.positional = bool(args)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        self.hidden.append(hidden if self.index == 0 else None)
+        self.args.append(tuple(args[1:]))
+        self.kwargs.append(kwargs)
+        if self.last:
+            raise StopForward
+        return hidden
+
+    def inputs(self, batches: int, offload: str | torch.device) -> BlockInputs:
+        """What the first block got, as `BlockInputs` (its hidden states moved to `offload`)."""
+        if len(self.hidden) != batches:
+            raise RuntimeError("the first block was not reached on every calibration batch")
+        return BlockInputs([h.to(offload) for h in self.hidden], self.args, self.kwargs, self.positional)
+
+
+def same_arguments(a: Any, b: Any) -> bool:
+    """Whether two captured argument structures hold the same values (tensors equal)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_arguments(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_arguments(a[k], b[k]) for k in a)
+    return a is b or a == b
 
 
 def _to(value: Any, device: torch.device | str | None) -> Any:

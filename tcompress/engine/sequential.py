@@ -192,9 +192,11 @@ def _sequential(model: nn.Module, calib: Calibration, method: Method | None, bat
     batches = batches_of(calib, batch_size)
     parts = adapter(model)
     blocks = parts.blocks()
-    inputs = capture(model, blocks[0].module, batches, offload)
+    captured = capture(model, model.get_submodule(parts.blocks_name) if parts.blocks_name else [model], batches,
+                       offload)
     desc = f"{method.name} by block" if method else "blocks"
     for block in tqdm(blocks, desc=desc, disable=not progress):
+        inputs = captured.at(block.index)
         with placed(block.module, device):
             run = BlockRunner(block.module, device or home(block.module), offload)
             if isinstance(method, LinearMethod):
@@ -207,6 +209,7 @@ def _sequential(model: nn.Module, calib: Calibration, method: Method | None, bat
                 run.propagate(inputs)
             for name, new in replacements.items():
                 replace_module(model, name, new)
+        captured.hidden = inputs.hidden
         if on_block is not None:
             on_block(block, inputs.hidden)
     if isinstance(method, LinearMethod) and method.head:

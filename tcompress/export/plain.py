@@ -14,7 +14,7 @@ from torch import nn
 
 from tcompress.core.modules import replace_module
 from tcompress.models.loading import drop_gguf_marker
-from tcompress.packed.embedding import QuantEmbedding
+from tcompress.packed.embedding import QuantEmbedding, ScaledEmbedding
 from tcompress.packed.registry import packed_modules
 
 
@@ -23,8 +23,9 @@ def dequantized(model: nn.Module) -> nn.Module:
     plain = copy.deepcopy(model)
     for name, module in packed_modules(plain).items():
         if isinstance(module, QuantEmbedding):
-            replace_module(plain, name, nn.Embedding.from_pretrained(module.dequantize(torch.float32), freeze=True,
-                                                                     padding_idx=module.padding_idx))
+            table = module.dequantize(torch.float32)
+            replace_module(plain, name, ScaledEmbedding(table, module.scale, module.padding_idx) if module.scale != 1
+                           else nn.Embedding.from_pretrained(table, freeze=True, padding_idx=module.padding_idx))
             continue
         if not hasattr(module, "in_features"):
             raise ValueError(f"{name}: a {type(module).__name__} has no float equivalent (activation quantizers "

@@ -43,6 +43,7 @@ class Family:
     final_norm: str | None = None  # the norm between the last block and the LM head
     ffn_size: str | None = "intermediate_size"  # the config field of the FFN width
     head_config: bool = False  # the config can express fewer heads of the same size (head pruning saves plainly)
+    norm_offset: float = 0.0  # the norms scale by (offset + weight): Gemma's RMSNorm multiplies by 1 + weight
 
 
 LLAMA = Family(
@@ -63,6 +64,13 @@ LLAMA = Family(
     ffn_out_source="mlp.up_proj",  # down(act(gate) * up): up's rows scale down's input
     final_norm="norm",
     head_config=True,  # num_attention_heads, num_key_value_heads and head_dim
+)
+GEMMA3 = replace(  # Gemma 3: Llama's linears, four norms a block (the FFN's input norm is pre_feedforward_layernorm)
+    LLAMA,
+    name="gemma3",
+    model_types=("gemma3_text",),
+    ffn_norm="pre_feedforward_layernorm",
+    norm_offset=1.0,
 )
 OPT = Family(
     name="opt",
@@ -146,7 +154,7 @@ VIT_LEGACY = replace(  # the layout of transformers before 5
     v_source="attention.attention.value",
     head_config=False,
 )
-ARCHITECTURES = (LLAMA, OPT, GPT2, BERT, VIT, VIT_LEGACY)
+ARCHITECTURES = (LLAMA, GEMMA3, OPT, GPT2, BERT, VIT, VIT_LEGACY)
 
 
 @dataclass

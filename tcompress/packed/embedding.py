@@ -24,11 +24,12 @@ class QuantEmbedding(nn.Module):
     format = "quant_embedding"
 
     def __init__(self, num_embeddings: int, embedding_dim: int, grid: Grid, dtype: torch.dtype = torch.float32,
-                 padding_idx: int | None = None, codes_from: str | None = None):
+                 padding_idx: int | None = None, codes_from: str | None = None, scale: float = 1.0):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.grid = num_embeddings, embedding_dim, grid
         self.padding_idx, self.compute_dtype = padding_idx, dtype
         self.codes_from = codes_from
+        self.scale = float(scale)  # looked-up rows are multiplied by it (Gemma's embeddings: sqrt(hidden))
         self._head: list[nn.Module] = []  # the module whose codes a shared table reads (not a submodule)
         if codes_from is not None:
             return
@@ -41,7 +42,8 @@ class QuantEmbedding(nn.Module):
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, grid: Grid) -> QuantEmbedding:
         weight = embedding.weight.detach()
-        module = cls(weight.shape[0], weight.shape[1], grid, dtype=weight.dtype, padding_idx=embedding.padding_idx)
+        module = cls(weight.shape[0], weight.shape[1], grid, dtype=weight.dtype, padding_idx=embedding.padding_idx,
+                     scale=embedding_scale(embedding))
         codes, scales, zeros = quantize_weight(weight.float(), grid)
         module.qweight.copy_(pack(codes, grid.bits))
         module.scales.copy_(scales.to(torch.float16))
@@ -61,23 +63,25 @@ class QuantEmbedding(nn.Module):
         self._head[:] = [head]
 
     @classmethod
-    def sharing(cls, head: nn.Module, head_name: str, padding_idx: int | None = None) -> QuantEmbedding:
+    def sharing(cls, head: nn.Module, head_name: str, padding_idx: int | None = None, scale: float = 1.0
+                ) -> QuantEmbedding:
         """An embedding that reads the codes of the output head `head` (named `head_name` in the model)."""
         module = cls(head.out_features, head.in_features, head.grid, dtype=head.compute_dtype,
-                     padding_idx=padding_idx, codes_from=head_name)
+                     padding_idx=padding_idx, codes_from=head_name, scale=scale)
         module.share(head)
         return module
 
     def layout(self) -> dict:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.grid.bits,
                 "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "padding_idx": self.padding_idx,
-                "codes_from": self.codes_from}
+                "codes_from": self.codes_from, "scale": self.scale}
 
     @classmethod
     def from_layout(cls, layout: dict, dtype: torch.dtype) -> QuantEmbedding:
         grid = Grid(layout["bits"], layout["group_size"], layout["symmetric"])
         return cls(layout["num_embeddings"], layout["embedding_dim"], grid, dtype=dtype,
-                   padding_idx=layout.get("padding_idx"), codes_from=layout.get("codes_from"))
+                   padding_idx=layout.get("padding_idx"), codes_from=layout.get("codes_from"),
+                   scale=layout.get("scale", 1.0))
 
     @classmethod
     def after_load(cls, model: nn.Module) -> None:
@@ -108,6 +112,8 @@ class QuantEmbedding(nn.Module):
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
             raise IndexError(f"token ids must be in [0, {self.num_embeddings}), got {int(flat.min())}..{int(flat.max())}")
         rows = self.decode(self.qweight[flat], self.scales[flat], self.zeros[flat])
+        if self.scale != 1.0:  # in fp32 and cast, as Gemma's scaled embedding computes it
+            rows = rows * torch.tensor(self.scale, dtype=torch.float32).to(rows.dtype)
         return rows.reshape(*ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
@@ -118,3 +124,21 @@ class QuantEmbedding(nn.Module):
         if self.codes_from is not None:
             return 0
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
+
+
+def embedding_scale(embedding: nn.Module) -> float:
+    """The factor an embedding module multiplies its rows by (Gemma's: sqrt(hidden)), else 1."""
+    return float(getattr(embedding, "scalar_embed_scale", 1.0))
+
+
+class ScaledEmbedding(nn.Embedding):
+    """A float table whose rows are multiplied by `scale` when looked up (what a dequantized
+    scaled QuantEmbedding computes); its state is the table alone, as the model's own class saves it."""
+
+    def __init__(self, weight: Tensor, scale: float, padding_idx: int | None = None):
+        super().__init__(weight.shape[0], weight.shape[1], padding_idx=padding_idx, _weight=weight, _freeze=True)
+        self.scale = scale
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = super().forward(ids)
+        return rows * torch.tensor(self.scale, dtype=torch.float32).to(rows.dtype)

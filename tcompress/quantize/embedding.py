@@ -71,4 +71,4 @@ def shared_with_head(model: nn.Module, table: QuantEmbedding) -> QuantEmbedding 
     if not all(torch.equal(getattr(head, name), getattr(table, name)) for name in ("qweight", "scales", "zeros")):
         return None
     name = next(name for name, module in model.named_modules() if module is head)
-    return QuantEmbedding.sharing(head, name, padding_idx=table.padding_idx)
+    return QuantEmbedding.sharing(head, name, padding_idx=table.padding_idx, scale=table.scale)

@@ -32,6 +32,7 @@ class InputGroup:
     source: nn.Module | None  # a norm, or a linear whose output `rows` feed the group; None: not foldable
     rows: slice | None  # the source linear's output rows that are this input (a fused qkv's v part)
     inspect: nn.Module | None  # the module whose output the group's error shows in; None: the linears'
+    norm_offset: float = 0.0  # a norm source multiplies by (norm_offset + weight)
 
     @property
     def in_features(self) -> int:
@@ -46,7 +47,7 @@ def input_groups(adapter: Adapter, block: Block) -> list[InputGroup]:
         linears = getattr(block, part)
         if linears:
             source, rows = _source(adapter, block, part, linears)
-            groups.append(InputGroup(part, linears, source, rows, _inspect(family, block, part)))
+            groups.append(InputGroup(part, linears, source, rows, _inspect(family, block, part), family.norm_offset))
     # a model of no known family: each linear a group by itself, with nothing to fold into
     groups += [InputGroup(name, {name: linear}, None, None, None) for name, linear in block.other.items()]
     return groups
@@ -78,10 +79,10 @@ def _source(adapter: Adapter, block: Block, part: str, linears: dict[str, nn.Mod
 
 
 def _scalable_norm(norm: nn.Module | None, width: int) -> bool:
-    """A norm computing `weight * normalized(x) (+ bias)` over `width` channels (not Gemma's
-    `(1 + weight) * ...`), so dividing its weight and bias divides its output."""
+    """A norm computing `(offset + weight) * normalized(x) (+ bias)` over `width` channels (the
+    family's `norm_offset`: 1 for Gemma's), so scaling its weight and bias scales its output."""
     weight = getattr(norm, "weight", None)
-    return isinstance(weight, Tensor) and weight.shape == (width,) and "Gemma" not in type(norm).__name__
+    return isinstance(weight, Tensor) and weight.shape == (width,)
 
 
 def _relu(adapter: Adapter) -> bool:
@@ -99,8 +100,9 @@ def fold(group: InputGroup, s: Tensor) -> None:
         weight[rows].div_(s[:, None].to(weight.dtype))
         if source.bias is not None:
             source.bias[rows].div_(s.to(source.bias.dtype))
-    else:
-        source.weight.div_(s.to(source.weight.dtype))
+    else:  # a norm multiplying by (offset + weight): that factor is what is divided
+        offset = group.norm_offset
+        source.weight.copy_(((offset + source.weight.float()) / s - offset).to(source.weight.dtype))
         if getattr(source, "bias", None) is not None:
             source.bias.div_(s.to(source.bias.dtype))
     scale_inputs(group.linears, s)

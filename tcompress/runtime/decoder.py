@@ -26,7 +26,9 @@ from tcompress.runtime.native import NativeStep, Unsupported
 
 log = logging.getLogger(__name__)
 
-DECODER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # the model types it computes exactly
+DECODER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")  # the model types it computes exactly
+GEMMA = ("gemma3_text",)  # four norms a block (attention and FFN outputs normed too), a GELU-gated MLP, and
+# sliding-window layers with their own rotary tables
 
 
 class Decoder:
@@ -45,9 +47,14 @@ class Decoder:
         self.scaling = attention.scaling
         parameter = next(model.parameters())
         self.dtype, self.device = parameter.dtype, parameter.device
-        positions = torch.arange(max_length, device=self.device)[None]
-        cos, sin = model.model.rotary_emb(torch.zeros(1, dtype=self.dtype, device=self.device), positions)
-        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [max_length, head_dim]
+        self.gemma = config.model_type in GEMMA
+        types = list(getattr(config, "layer_types", None) or ["full_attention"] * len(self.layers))
+        # per layer: its rotary tables (by layer type) and its attention window (None: all positions)
+        self.tables = {kind: self._rotary(kind if self.gemma else None) for kind in dict.fromkeys(types)}
+        self.layer_tables = [self.tables[kind] for kind in types]
+        self.windows = [config.sliding_window if kind == "sliding_attention" else None for kind in types]
+        self.cos, self.sin = self.layer_tables[0]
+        self.act = (lambda x: F.gelu(x, approximate="tanh")) if self.gemma else F.silu
         shape = (len(self.layers), batch_size, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -58,14 +65,26 @@ class Decoder:
                     for l in self.layers]
         self.gate_up = [SharedInputLinears([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers]
         # single-token steps run their float parts (norms, rotation, attention) as C calls too
-        self.c_steps = (kernels.available() and self.dtype == torch.float32 and self.device.type == "cpu"
+        self.c_steps = (not self.gemma and kernels.available() and self.dtype == torch.float32
+                        and self.device.type == "cpu"
                         and all(is_rms_norm(norm) for layer in self.layers
                                 for norm in (layer.input_layernorm, layer.post_attention_layernorm)))
         try:  # where the model's parts allow, the whole single-token step is one C call
+            if self.gemma:
+                raise Unsupported("Gemma's blocks are not the C step's")
             self.native: NativeStep | None = NativeStep(self)
         except Unsupported as reason:
             log.debug("decode steps go layer by layer: %s", reason)
             self.native = None
+
+    def _rotary(self, layer_type: str | None) -> tuple[Tensor, Tensor]:
+        """The rotary tables `[max_length, head_dim]` (cos, sin), of one layer type where the
+        model has several."""
+        positions = torch.arange(self.max_length, device=self.device)[None]
+        x = torch.zeros(1, dtype=self.dtype, device=self.device)
+        rotary = self.model.model.rotary_emb
+        cos, sin = rotary(x, positions) if layer_type is None else rotary(x, positions, layer_type)
+        return cos[0].contiguous(), sin[0].contiguous()
 
     @torch.inference_mode()
     def prefill(self, input_ids: Tensor) -> Tensor:
@@ -108,14 +127,27 @@ class Decoder:
         if tokens == 1 and self.c_steps:
             return self._c_step(ids)
         start, end = self.length, self.length + tokens
-        cos, sin = self.cos[start:end], self.sin[start:end]
         h = self.model.model.embed_tokens(ids)
         for index, layer in enumerate(self.layers):
-            h = h + self._attention(index, layer, h, cos, sin, start, end)
-            gate, up = self.gate_up[index](rms_norm(layer.post_attention_layernorm, h))
-            h = h + layer.mlp.down_proj(F.silu(gate).mul_(up))
+            h = self._block(index, layer, h, start, end)
         self.length = end
-        return self.model.lm_head(rms_norm(self.model.model.norm, h[:, -1]))
+        return self._logits(h[:, -1])
+
+    def _block(self, index: int, layer: nn.Module, h: Tensor, start: int, end: int) -> Tensor:
+        """One block over positions `start` to `end` of `h` `[batch, tokens, hidden]`."""
+        attended = self._attention(index, layer, h, start, end)
+        if self.gemma:
+            attended = layer.post_attention_layernorm(attended)
+        h = h + attended
+        gate, up = self.gate_up[index](rms_norm(layer.pre_feedforward_layernorm if self.gemma
+                                                else layer.post_attention_layernorm, h))
+        out = layer.mlp.down_proj(self.act(gate).mul_(up))
+        return h + (layer.post_feedforward_layernorm(out) if self.gemma else out)
+
+    def _logits(self, h: Tensor) -> Tensor:
+        logits = self.model.lm_head(rms_norm(self.model.model.norm, h))
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def _c_step(self, ids: Tensor) -> Tensor:
         """One token a sequence with the float parts in C: the same computation as `_forward`."""
@@ -144,27 +176,40 @@ class Decoder:
         self.length = position + 1
         return self.model.lm_head(rms_norm(self.model.model.norm, h))
 
-    def _attention(self, index: int, layer: nn.Module, h: Tensor, cos: Tensor, sin: Tensor, start: int,
-                   end: int) -> Tensor:
+    def _attention(self, index: int, layer: nn.Module, h: Tensor, start: int, end: int) -> Tensor:
         attention = layer.self_attn
         batch, tokens, _ = h.shape
+        cos, sin = (table[start:end] for table in self.layer_tables[index])
         q, k, v = self.qkv[index](rms_norm(layer.input_layernorm, h))
         q = q.view(batch, tokens, self.heads, self.head_dim)
         k = k.view(batch, tokens, self.kv_heads, self.head_dim)
-        if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm of each head before the rotation
+        if hasattr(attention, "q_norm"):  # Qwen3, Gemma 3: RMSNorm of each head before the rotation
             q, k = rms_norm(attention.q_norm, q), rms_norm(attention.k_norm, k)
         q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
         keys, values = self.keys[index, :batch, :, :end], self.values[index, :batch, :, :end]
         keys[:, :, start:] = k
         values[:, :, start:] = v.view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+        window = self.windows[index]
         if tokens == 1:  # one query a sequence: the grouped heads as rows of one matmul per KV head
+            if window is not None:  # the last `window` positions, the query's own included
+                keys, values = keys[:, :, max(0, end - window):], values[:, :, max(0, end - window):]
             grouped = q.reshape(batch, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
             scores = torch.matmul(grouped * self.scaling, keys.transpose(-1, -2))
             out = torch.matmul(torch.softmax(scores, dim=-1), values)
         else:
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=self.scaling,
-                                                 enable_gqa=self.kv_heads != self.heads).transpose(1, 2)
+            mask = None if window is None else window_mask(start, end, window, self.device)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None,
+                                                 scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
+            out = out.transpose(1, 2)
         return attention.o_proj(out.reshape(batch, tokens, self.heads * self.head_dim))
+
+
+def window_mask(start: int, end: int, window: int, device: torch.device) -> Tensor:
+    """Which keys `[0, end)` each query `[start, end)` sees in a sliding window: itself and the
+    `window` - 1 positions before it, `[tokens, end]` bool."""
+    queries = torch.arange(start, end, device=device)[:, None]
+    keys = torch.arange(end, device=device)[None]
+    return (keys <= queries) & (keys > queries - window)
 
 
 def is_rms_norm(norm: nn.Module) -> bool:
@@ -192,6 +237,13 @@ def check_model(model: nn.Module) -> None:
     if model_type not in DECODER_MODEL_TYPES:
         raise ValueError(f"the fast decoder serves {', '.join(DECODER_MODEL_TYPES)} models; this is {model_type!r} "
                          f"(use the model's own generate)")
+    if model_type in GEMMA:
+        act = getattr(config, "hidden_activation", None)
+        if act != "gelu_pytorch_tanh" or getattr(config, "attn_logit_softcapping", None) is not None:
+            raise ValueError(f"the fast decoder computes Gemma 3 with a tanh-GELU MLP and no attention logit "
+                             f"softcapping; this model has {act!r}, softcapping "
+                             f"{getattr(config, 'attn_logit_softcapping', None)}")
+        return
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", model_type == "mistral"):
         raise ValueError(f"sliding-window attention (window {window}) is not supported by the fast decoder")

@@ -20,7 +20,7 @@ from tcompress.quantize import AWQ, GPTQ, HQQ, RTN, EmbeddingQuant, Outliers, Sm
 from helpers import TINY, VOCAB, build, example_inputs
 
 ALL = tuple(TINY)
-LANGUAGE = ("llama", "opt", "gpt2", "bert")
+LANGUAGE = ("llama", "gemma3", "opt", "gpt2", "bert")
 NOT_VIT = "vit-ptq quantizes ViT/DeiT classifiers"
 EXAMPLES = {  # name -> (config, {family: None (applies) or the refusal it gives})
     "rtn": (RTN(bits=4, group_size=32), {}),

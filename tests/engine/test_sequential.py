@@ -7,7 +7,7 @@ from torch import nn
 import tcompress as tc
 from tcompress.engine.sequential import sequential
 
-from helpers import Stack, build, example_inputs
+from helpers import TINY, Stack, build, example_inputs
 
 
 def full_block_outputs(model, batch):
@@ -29,7 +29,7 @@ def samples(family, n=3):
     return [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(n)]
 
 
-@pytest.mark.parametrize("family", ["llama", "opt", "gpt2", "bert", "vit"])
+@pytest.mark.parametrize("family", sorted(TINY))
 def test_sequential_outputs_equal_the_full_models_hidden_states(family):
     model = build(family)
     batches = samples(family)
@@ -185,8 +185,8 @@ def test_merged_inputs_concatenate_per_sample_arguments_and_refuse_other_lengths
     first = tc.adapter(model).blocks()[0].module
     padded = samples("bert", n=2)
     padded[1]["attention_mask"][0, -5:] = 0  # both padded, differently
-    inputs = capture(model, first, padded, "cpu")
+    inputs = capture(model, [first], padded, "cpu")
     one = merged(inputs)
     assert one.hidden[0].shape[0] == 2 and one.args[0][0].shape[0] == 2  # the padding masks, one per sample
     short = example_inputs("bert", batch=1, seqlen=7)
-    assert merged(capture(model, first, samples("bert", n=1) + [short], "cpu")) is None
+    assert merged(capture(model, [first], samples("bert", n=1) + [short], "cpu")) is None

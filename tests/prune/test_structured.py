@@ -7,7 +7,7 @@ from tcompress.core.modules import linear_weight
 from tcompress.prune import Structured
 from tcompress.prune.shrink import drop_blocks, keep_channels, keep_heads
 
-from helpers import build, example_inputs
+from helpers import TINY, build, example_inputs
 
 
 def outputs(model, family):
@@ -41,7 +41,7 @@ def test_a_kv_group_keeps_as_many_query_heads_as_the_others():
         keep_heads(model, parts, parts.blocks()[0], [0, 1, 2])
 
 
-@pytest.mark.parametrize("family", ["llama", "opt", "gpt2", "bert", "vit"])
+@pytest.mark.parametrize("family", sorted(TINY))
 def test_removing_ffn_channels_equals_zeroing_them(family):
     model, reference = build(family), build(family)
     (down,) = tc.adapter(model).blocks()[0].ffn_out.values()
@@ -53,7 +53,7 @@ def test_removing_ffn_channels_equals_zeroing_them(family):
     torch.testing.assert_close(outputs(model, family), outputs(reference, family))
 
 
-@pytest.mark.parametrize("family", ["llama", "opt", "gpt2", "bert", "vit"])
+@pytest.mark.parametrize("family", sorted(TINY))
 def test_dropping_a_block_equals_skipping_it(family):
     model, reference = build(family), build(family)
     drop_blocks(model, tc.adapter(model), [0])

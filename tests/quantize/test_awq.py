@@ -26,7 +26,7 @@ def test_without_scales_or_clipping_awq_is_round_to_nearest():
             assert torch.equal(awq.get_submodule(name).codes(), module.codes()), name
 
 
-@pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "opt", "gpt2"])
 def test_awq_beats_round_to_nearest_at_3_bits(family):
     inputs, calib = calibration(family)
     reference, rtn, awq = build(family), build(family), build(family)

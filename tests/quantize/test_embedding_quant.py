@@ -102,3 +102,25 @@ def test_a_head_on_another_grid_keeps_its_own_codes():
     assert model.model.embed_tokens.codes_from is None
     with pytest.raises(ValueError, match="keeps its own codes"):
         model.model.embed_tokens.share(model.lm_head)
+
+
+def test_a_scaled_table_keeps_its_scale_packed_shared_saved_and_exported(tmp_path):
+    from helpers import tiny_gemma3
+
+    torch.manual_seed(0)
+    model = tiny_gemma3().eval()  # Gemma multiplies looked-up rows by sqrt(hidden)
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    tc.apply(model, tc.quantize.RTN(bits=8, group_size=32, head=True, include=("lm_head",)), progress=False)
+    tc.apply(model, tc.quantize.EmbeddingQuant(bits=8, group_size=32), progress=False)
+    table = model.get_input_embeddings()
+    assert table.codes_from == "lm_head" and table.scale == pytest.approx(64**0.5)
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+        assert ((got - expected).norm() / expected.norm()).item() < 0.02
+        tc.save(model, tmp_path / "m")
+        assert torch.equal(tc.load(tmp_path / "m")[0](input_ids=ids).logits, got)
+        export_hf(model, None, tmp_path / "plain")
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()
+        torch.testing.assert_close(plain(input_ids=ids).logits, got, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ from helpers import TINY, build, example_inputs
 
 FOLDABLE = {  # parts whose input scale has a module to fold into, per family
     "llama": {"attn_in", "ffn_in", "ffn_out"},  # o_proj: grouped-query attention, fewer v channels than o inputs
+    "gemma3": {"attn_in", "ffn_in", "ffn_out"},  # the same, its norms multiplying by (1 + weight)
     "opt": {"attn_in", "attn_out", "ffn_in", "ffn_out"},  # fc2 through ReLU
     "gpt2": {"attn_in", "attn_out", "ffn_in"},  # v: the last third of the fused c_attn; GELU before c_proj
     "bert": {"attn_out"},  # post-norm: the norm's output is also the residual

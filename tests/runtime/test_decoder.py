@@ -14,7 +14,7 @@ import tcompress as tc
 from tcompress.kernels import ops
 from tcompress.runtime import Decoder
 
-from helpers import build, tiny_llama
+from helpers import build, tiny_gemma3, tiny_llama
 
 
 def tiny_qwen3() -> transformers.PreTrainedModel:
@@ -27,12 +27,16 @@ def tiny_qwen3() -> transformers.PreTrainedModel:
 def models():
     torch.manual_seed(0)
     llama = tiny_llama(vocab_size=257).eval()
+    gemma = tiny_gemma3().eval()  # window 8: the 11-token prompt and the steps after it see only part of it
+    gemma_w4 = tc.apply(copy.deepcopy(gemma), tc.quantize.RTN(bits=4, group_size=32), progress=False)
+    tc.apply(gemma_w4, tc.quantize.RTN(bits=8, group_size=32, head=True, include=("lm_head",)), progress=False)
+    tc.apply(gemma_w4, tc.quantize.EmbeddingQuant(bits=8, group_size=32), progress=False)  # reads the head's codes
     return {"llama": llama, "llama-w4": tc.apply(copy.deepcopy(llama), tc.quantize.RTN(bits=4, group_size=32)),
             "llama-w8-head": tc.apply(copy.deepcopy(llama), tc.quantize.RTN(bits=8, group_size=32, head=True)),
-            "qwen3": tiny_qwen3().eval()}
+            "qwen3": tiny_qwen3().eval(), "gemma3": gemma, "gemma3-w4": gemma_w4}
 
 
-@pytest.mark.parametrize("name", ["llama", "llama-w4", "llama-w8-head", "qwen3"])
+@pytest.mark.parametrize("name", ["llama", "llama-w4", "llama-w8-head", "qwen3", "gemma3", "gemma3-w4"])
 def test_prefill_and_steps_equal_the_full_forward(name, monkeypatch):
     monkeypatch.setattr(ops, "GEMV_ACTIVATIONS", "float")  # decode steps as exact as the full forward
     model = models()[name]
@@ -100,7 +104,7 @@ def test_bad_input_is_refused():
     decoder.prefill(torch.zeros(1, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="reached max_length=16"):
         decoder.step(torch.zeros(1, dtype=torch.long))
-    with pytest.raises(ValueError, match="serves llama, mistral, qwen2, qwen3 models; this is 'gpt2'"):
+    with pytest.raises(ValueError, match="serves llama, mistral, qwen2, qwen3, gemma3_text models; this is 'gpt2'"):
         Decoder(build("gpt2"))
 
 
