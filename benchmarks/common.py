@@ -5,8 +5,9 @@ printing rows as they come.
 The protocol: the default model; WikiText-2 raw test (`DATA/wikitext2/wiki.test.raw`), the
 first `--windows` non-overlapping windows of 2048 tokens; calibration of 128 samples x 512
 tokens of `--calib`, seed 0. A method config is written as `engine.method_text` writes it,
-`gptq:bits=4,group_size=64` (the fields that differ from the defaults), configs separated
-by spaces.
+`gptq:bits=4,group_size=64` (the fields that differ from the defaults); stages applied one
+after the other are joined by `;` (`gptq;rtn:bits=8,head=true,include=lm_head;embeddings`);
+configs are separated by spaces.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ class Protocol:
 def methods(texts: list[str]) -> list[tc.Method]:
     """Method configs from their text form, all validated before any work."""
     return [tc.engine.parse_method(text) for text in texts]
+
+
+def stages(texts: list[str]) -> list[list[tc.Method]]:
+    """Configs of one or more stages (joined by `;`), all validated before any work."""
+    return [methods(text.split(";")) for text in texts]
+
+
+def describe(config: list[tc.Method]) -> str:
+    return " + ".join(method.describe() for method in config)
 
 
 def show(rows: list[dict]) -> None:

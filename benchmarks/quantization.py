@@ -3,8 +3,8 @@
     python benchmarks/quantization.py [--data ../shared/data] [--calib pydoc] [--configs rtn gptq:bits=3]
 
 For each config (a method in its text form, `gptq:bits=3,group_size=channel`: the fields that
-differ from the method's defaults; `smoothquant` is W8A8, `smoothquant:activations=false`
-W8): WikiText-2 perplexity (the protocol of `common.py`), compression wall time, peak RSS,
+differ from the method's defaults; stages joined by `;`; `smoothquant` is W8A8,
+`smoothquant:activations=false` W8): WikiText-2 perplexity (the protocol of `common.py`), compression wall time, peak RSS,
 bytes of the quantized linears and of the whole model on disk. MiniLM rows give the STS-B
 Spearman and 1 - the mean cosine between the quantized and the float model's embeddings of
 the STS-B dev sentences (calibration 128 x 128 tokens).
@@ -17,7 +17,7 @@ import copy
 import time
 from pathlib import Path
 
-from common import Protocol, add_protocol_options, methods, show
+from common import Protocol, add_protocol_options, describe, show, stages
 
 import tcompress as tc
 from tcompress.checkpoint import disk_bytes
@@ -35,15 +35,16 @@ def quantized_megabytes(model) -> float:
     return sum(m.nbytes() for m in tc.packed.packed_modules(model).values()) / 2**20
 
 
-def run(model, method: tc.Method, calib, measure, extra: dict | None = None) -> dict:
-    """Quantize a copy of `model` with `method`; `extra` maps further column names to
-    functions of the quantized model."""
+def run(model, config: list[tc.Method], calib, measure, extra: dict | None = None) -> dict:
+    """Quantize a copy of `model` with the stages of `config`; `extra` maps further column
+    names to functions of the quantized model."""
     quantized = copy.deepcopy(model)
     with PeakMemory(next(model.parameters()).device) as memory:
         start = time.perf_counter()
-        tc.apply(quantized, method, calib if method.needs_data else None)
+        for method in config:
+            tc.apply(quantized, method, calib if method.needs_data else None)
         seconds = time.perf_counter() - start
-    row = {"setting": method.describe(), "quality": measure(quantized), "seconds": seconds,
+    row = {"setting": describe(config), "quality": measure(quantized), "seconds": seconds,
            "peak_rss_mb": memory.peak / 2**20, "linears_mb": quantized_megabytes(quantized),
            "disk_mb": disk_bytes(quantized) / 2**20}
     row.update({column: function(quantized) for column, function in (extra or {}).items()})
@@ -51,7 +52,7 @@ def run(model, method: tc.Method, calib, measure, extra: dict | None = None) -> 
     return row
 
 
-def llm_table(args, configs: list[tc.Method]) -> list[dict]:
+def llm_table(args, configs: list[list[tc.Method]]) -> list[dict]:
     protocol = Protocol(args)
     rows = [float_row(protocol.model, protocol.perplexity)] if args.baseline else []
     return rows + [run(protocol.model, method, protocol.calib, protocol.perplexity) for method in configs]
@@ -65,7 +66,7 @@ def float_row(model, measure, extra: dict | None = None) -> dict:
     return row
 
 
-def minilm_table(args, configs: list[tc.Method]) -> list[dict]:
+def minilm_table(args, configs: list[list[tc.Method]]) -> list[dict]:
     model, tok = tc.load("minilm")
     calib = tc.data.calibration(args.calib, tok, n=128, seqlen=128, seed=0)
     stsb = Path(args.data) / "glue" / "stsb" / "dev.tsv"
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the float models too (default yes)")
     args = parser.parse_args()
-    configs, minilm_configs = methods(filter(None, args.configs)), methods(filter(None, args.minilm_configs))
+    configs, minilm_configs = stages(filter(None, args.configs)), stages(filter(None, args.minilm_configs))
     results = {"llm": llm_table(args, configs) if configs else [],
                "minilm": minilm_table(args, minilm_configs) if minilm_configs else []}
     tc.report.write_json(Path(args.out) / "quantization.json", results)
