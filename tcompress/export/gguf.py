@@ -1,4 +1,4 @@
-"""Export to GGUF (llama.cpp, and transformers' GGUF loader) for Llama-family models.
+"""Export to GGUF (llama.cpp, and transformers' GGUF loader) for Llama-family and Gemma 3 models.
 
 Block linears are written as Q8_0 or Q4_0 (blocks of 32 inputs with an fp16 scale), or in
 float (F16 / F32: a file for llama.cpp's own quantizer), the norms in F32, the embedding
@@ -8,13 +8,14 @@ for an 8-bit table, else the table's float type (`embeddings="q8_0"` makes a flo
 `QuantLinear` on the type's own grid (8 or 4 bits, groups of 32, symmetric: `value =
 d * (code - 2^(bits-1))`) is written from its codes and scales as they are, losslessly;
 any other weight is dequantized and requantized (the export says how many).
-Query and key rows are reordered as llama.cpp's rotary embedding expects. The tokenizer
-(byte-level BPE: vocabulary, merges, special tokens) goes into the file's metadata.
+Each family has its `Layout`: GGUF's tensor names for its modules, Llama's query and key
+rows reordered as llama.cpp's interleaved rotary embedding expects (Gemma's rotary is NeoX
+style: no reordering), Gemma's norms stored as 1 + weight (as llama.cpp's converter writes
+them), and its tokenizer (`gguf_vocab.py`) in the file's metadata.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from tcompress.export.formats import GRIDS, holds
+from tcompress.export.gguf_vocab import add_vocab
 from tcompress.models.adapters import adapter
 from tcompress.packed.quant_linear import QuantLinear
 
@@ -36,9 +38,30 @@ TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationTy
          "f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32}
 FILE_TYPES = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
               "f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}
-BLOCK_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+           "mlp.down_proj": "ffn_down"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a family's model is laid out in GGUF."""
+
+    arch: str
+    norms: dict[str, str]  # module path in a block -> GGUF name (stored F32)
+    norm_offset: float = 0.0  # added to every norm weight (Gemma's norms multiply by 1 + weight)
+    rope_rows: bool = True  # q/k rows reordered from HF's halves to llama.cpp's interleaved pairs
+    vocab: str = "gpt2"  # tokenizer model: byte-level BPE (gpt2) or SentencePiece-style (llama)
+
+
+LAYOUTS = {
+    "llama": Layout("llama", {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}),
+    "gemma3": Layout("gemma3", {"input_layernorm": "attn_norm", "self_attn.q_norm": "attn_q_norm",
+                                "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "post_attention_norm",
+                                "pre_feedforward_layernorm": "ffn_norm",
+                                "post_feedforward_layernorm": "post_ffw_norm"},
+                     norm_offset=1.0, rope_rows=False, vocab="llama"),
+}
 
 
 @dataclass
@@ -59,17 +82,18 @@ def export_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, qtype
     if embeddings is not None and embeddings not in TYPES:
         raise ValueError(f"embeddings must be one of {sorted(TYPES)}, got {embeddings!r}")
     parts = adapter(model)
-    if parts.family is None or parts.family.name != "llama":
-        raise ValueError(f"GGUF export writes Llama-family models; this is a {parts.name} model")
-    config = model.config
+    if parts.family is None or parts.family.name not in LAYOUTS:
+        raise ValueError(f"GGUF export writes {' and '.join(LAYOUTS)} models; this is a {parts.name} model")
+    layout, config = LAYOUTS[parts.family.name], model.config
+    check_expressible(config, layout)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), layout.arch)
     _metadata(writer, config, qtype)
-    _tokenizer(writer, tokenizer, config.vocab_size)
+    add_vocab(writer, tokenizer, config.vocab_size, layout.vocab)
     counts = {"from_codes": 0, "requantized": 0, "tensors": 0}
-    for name, data, ggml_type in _tensors(model, config, qtype, embeddings, counts):
+    for name, data, ggml_type in _tensors(model, layout, qtype, embeddings, counts):
         writer.add_tensor(name, data, raw_dtype=ggml_type)
         counts["tensors"] += 1
     writer.write_header_to_file()
@@ -122,62 +146,62 @@ def _metadata(writer: gguf.GGUFWriter, config: Any, qtype: str) -> None:
     writer.add_rope_dimension_count(head_dim)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or
-                                    (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
+    if getattr(config, "sliding_window", None) and "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        writer.add_sliding_window(config.sliding_window)
     writer.add_file_type(FILE_TYPES[qtype])
 
 
-def _tokenizer(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> None:
-    """Byte-level BPE vocabulary, merges and special tokens, as llama.cpp's `gpt2` model."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = json.loads(backend.to_str()) if backend is not None else None
-    if spec is None or spec["model"]["type"] != "BPE":
-        raise ValueError("GGUF export needs a fast byte-level BPE tokenizer (tokenizer.json with a BPE model)")
-    vocab = dict(spec["model"]["vocab"])
-    for added in spec.get("added_tokens", []):
-        vocab[added["content"]] = added["id"]
-    special = {added["id"] for added in spec.get("added_tokens", []) if added.get("special")}
-    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
-    types = [gguf.TokenType.UNUSED] * vocab_size
-    for text, index in vocab.items():
-        if index < vocab_size:
-            tokens[index] = text
-            types[index] = gguf.TokenType.CONTROL if index in special else gguf.TokenType.NORMAL
-    merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"].get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_scores([0.0] * vocab_size)  # BPE ranks live in the merges; transformers' reader wants the field
-    writer.add_token_merges(merges)
-    for role in ("bos", "eos", "unk", "pad"):
-        index = getattr(tokenizer, f"{role}_token_id", None)
-        if index is not None:
-            getattr(writer, f"add_{role}_token_id")(index)
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+GEMMA3_PATTERN = 6  # llama.cpp and transformers' GGUF reader: every 6th Gemma 3 layer attends fully
 
 
-def _tensors(model: nn.Module, config: Any, qtype: str, embeddings: str | None, counts: dict):
-    state = {name: module for name, module in model.named_modules()}
+def check_expressible(config: Any, layout: Layout) -> None:
+    """Refuse what a GGUF file of this architecture cannot express: its layer types and attention scale."""
+    types = list(getattr(config, "layer_types", None) or ())
+    if layout.arch != "gemma3" or not types:
+        return
+    expected = ["full_attention" if (i + 1) % GEMMA3_PATTERN == 0 else "sliding_attention" for i in range(len(types))]
+    if types != expected:
+        raise ValueError(f"GGUF's gemma3 architecture attends fully in every {GEMMA3_PATTERN}th layer and slides in "
+                         f"the others; this model's layer types are {types} (blocks dropped?), which a GGUF "
+                         "file cannot hold")
+    scalar, head_dim = getattr(config, "query_pre_attn_scalar", None), getattr(config, "head_dim", None)
+    if scalar != head_dim or head_dim != 256:
+        raise ValueError(f"GGUF holds no attention scale for gemma3: its readers scale queries by 1/sqrt(256) "
+                         f"(llama.cpp by 1/sqrt(head_dim)); this model's query_pre_attn_scalar is {scalar} and head_dim "
+                         f"{head_dim}")
+
+
+def rope_theta(config: Any) -> float:
+    """The rotary base of the full-attention layers (Gemma 3 keeps one per layer type)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope = rope.get("full_attention", rope)
+    return float(getattr(config, "rope_theta", None) or rope.get("rope_theta", 10000.0))
+
+
+def _tensors(model: nn.Module, layout: Layout, qtype: str, embeddings: str | None, counts: dict):
+    config = model.config
+    state = dict(model.named_modules())
     table = model.get_input_embeddings()
     yield "token_embd.weight", *_table(table, embeddings or table_type(table), counts)
+    rows = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads} if layout.rope_rows else {}
     for index in range(config.num_hidden_layers):
         prefix = f"model.layers.{index}"
-        for source, target in BLOCK_NAMES.items():
-            module = state[f"{prefix}.{source}"]
-            name = f"blk.{index}.{target}.weight"
-            if target in ("attn_norm", "ffn_norm"):
-                yield name, module.weight.detach().float().numpy(), gguf.GGMLQuantizationType.F32
-                continue
-            heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(target)
-            yield name, *_linear(module, qtype, heads, counts)
-    yield "output_norm.weight", model.model.norm.weight.detach().float().numpy(), gguf.GGMLQuantizationType.F32
+        for source, target in layout.norms.items():
+            yield f"blk.{index}.{target}.weight", _norm(state[f"{prefix}.{source}"], layout), TYPES["f32"]
+        for source, target in LINEARS.items():
+            yield f"blk.{index}.{target}.weight", *_linear(state[f"{prefix}.{source}"], qtype, rows.get(target), counts)
+    yield "output_norm.weight", _norm(model.model.norm, layout), TYPES["f32"]
     head = model.get_output_embeddings()
     tied = isinstance(table, nn.Embedding) and getattr(head, "weight", None) is table.weight
     if head is not None and not tied:
         yield "output.weight", *_table(head, embeddings or table_type(head), counts)
+
+
+def _norm(module: nn.Module, layout: Layout) -> np.ndarray:
+    return (module.weight.detach().float() + layout.norm_offset).numpy()
 
 
 def _linear(module: nn.Module, qtype: str, heads: int | None, counts: dict) -> tuple[np.ndarray, Any]:

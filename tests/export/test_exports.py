@@ -112,7 +112,7 @@ def test_corrupted_and_truncated_gguf_give_clear_errors(pair, tmp_path):
 def test_gguf_export_refuses_other_families(tmp_path):
     from helpers import build
 
-    with pytest.raises(ValueError, match="writes Llama-family models; this is a gpt2 model"):
+    with pytest.raises(ValueError, match="writes llama and gemma3 models; this is a gpt2 model"):
         export_gguf(build("gpt2"), byte_tokenizer(), tmp_path / "m.gguf")
     with pytest.raises(ValueError, match="qtype must be one of"):
         export_gguf(tiny_llama(), byte_tokenizer(), tmp_path / "m.gguf", "q5_k")
@@ -304,3 +304,29 @@ def test_for_refuses_settings_the_format_cannot_hold(flags, match, pair, tmp_pat
     assert main(["-q", "quantize", str(tmp_path / "float"), *flags, "--out", str(tmp_path / "q")]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "f32"])
+def test_gemma3_exports_to_gguf_and_loads_back(qtype, tmp_path):
+    from helpers import tiny_gemma3
+
+    torch.manual_seed(0)
+    layers = ["sliding_attention"] * 5 + ["full_attention"]  # the pattern GGUF's gemma3 holds
+    # GGUF holds no query scale: readers take 1/sqrt(head_dim), as Gemma 3's own head_dim of 256 gives
+    model = tiny_gemma3(vocab_size=257, num_hidden_layers=6, layer_types=layers, head_dim=256,
+                        query_pre_attn_scalar=256).eval()
+    tok = byte_tokenizer()
+    if qtype == "q8_0":
+        tc.apply(model, tc.quantize.RTN(bits=8, group_size=32, symmetric=True), progress=False)
+    result = export_gguf(model, tok, tmp_path / "g.gguf", qtype)
+    assert result.requantized == 0 and result.from_codes == (42 if qtype == "q8_0" else 0)
+    loaded, _ = tc.load(tmp_path / "g.gguf")
+    assert loaded.config.model_type == "gemma3_text" and loaded.config.layer_types == model.config.layer_types
+    assert compare(model, loaded, tok).top1 > 0.99
+
+
+def test_gguf_refuses_gemma3_layer_types_it_cannot_hold(tmp_path):
+    from helpers import tiny_gemma3
+
+    with pytest.raises(ValueError, match="attends fully in every 6th layer"):
+        export_gguf(tiny_gemma3(vocab_size=257).eval(), byte_tokenizer(), tmp_path / "g.gguf", "f32")
