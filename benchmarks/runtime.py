@@ -86,8 +86,9 @@ def main() -> None:
 
 def prepare(args, folder: Path, variants: set[str]) -> dict[str, str]:
     """The fp32 model spec, saved W8 / W4 models and GGUF files (made once, reused)."""
-    paths = {"fp32": args.model, "w8": str(folder / "w8-g64"), "w4": args.w4 or str(folder / "w4-g64"),
-             **{qtype: str(folder / f"{name_of(args.model)}-{qtype}.gguf") for qtype in LLAMA_CPP_TYPES}}
+    name = name_of(args.model)
+    paths = {"fp32": args.model, "w8": str(folder / f"{name}-w8-g64"), "w4": args.w4 or str(folder / f"{name}-w4-g64"),
+             **{qtype: str(folder / f"{name}-{qtype}.gguf") for qtype in LLAMA_CPP_TYPES}}
     for variant, bits in (("w8", 8), ("w4", 4)):
         if Path(paths[variant]).exists() or variant not in variants:
             continue

@@ -330,3 +330,17 @@ def test_gguf_refuses_gemma3_layer_types_it_cannot_hold(tmp_path):
 
     with pytest.raises(ValueError, match="attends fully in every 6th layer"):
         export_gguf(tiny_gemma3(vocab_size=257).eval(), byte_tokenizer(), tmp_path / "g.gguf", "f32")
+
+
+def test_gemma3_exports_to_compressed_tensors_and_loads_back_quantized(tmp_path):
+    from helpers import tiny_gemma3
+
+    from tcompress.export.compressed import export_compressed_tensors, load_compressed_tensors
+
+    torch.manual_seed(0)
+    model, tok = tiny_gemma3(vocab_size=257).eval(), byte_tokenizer()
+    tc.apply(model, tc.quantize.RTN(bits=4, group_size=32, symmetric=True), progress=False)
+    result = export_compressed_tensors(model, tok, tmp_path / "ct")
+    assert result.requantized == 0 and result.from_codes == 14
+    loaded, packed = load_compressed_tensors(tmp_path / "ct")
+    assert packed and compare(model, loaded, tok).top1 > 0.99
