@@ -11,6 +11,7 @@ compressed blocks before it.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Callable, Protocol
 
 import torch
@@ -87,6 +88,21 @@ def _stand_in(linear: nn.Module, new: nn.Module) -> bool:
     return True
 
 
+class ByInput:
+    """Values keyed by an input tensor itself, without keeping it alive: an entry lapses when
+    the model frees its tensor (so a block's large activations go as soon as they are used)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def get(self, x: Tensor) -> Any:
+        ref, value = self.entries.get(id(x), (None, None))
+        return value if ref is not None and ref() is x else None
+
+    def put(self, x: Tensor, value: Any) -> None:
+        self.entries[id(x)] = (weakref.ref(x), value)
+
+
 def quantize_in_one_pass(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
                          run: BlockRunner) -> dict[str, nn.Module]:
     """True-sequential application in a single forward over all calibration samples at once
@@ -95,7 +111,7 @@ def quantize_in_one_pass(method: LinearMethod, model: nn.Module, block: Block, i
     change, and the block's output is the changed block's. Stores that output in `inputs`."""
     chosen = {name: linear for name, linear in block.linears.items() if method.selects(name, linear)}
     replacements: dict[str, nn.Module] = {}
-    shared: dict[int, tuple[Tensor, Any]] = {}  # id of an input -> (the input, kept alive; its statistics)
+    shared = ByInput()  # the statistics of each input, for the linears fed the very same tensor
     done: set[str] = set()
 
     def change_before_use(name: str) -> Callable:
@@ -104,11 +120,10 @@ def quantize_in_one_pass(method: LinearMethod, model: nn.Module, block: Block, i
                 return
             done.add(name)
             x = args[0]
-            if method.input_only_stats and id(x) in shared:
-                stats = shared[id(x)][1]
-            else:
+            stats = shared.get(x) if method.input_only_stats else None
+            if stats is None:
                 stats = method.observe(method.init_stats(module), x.reshape(-1, x.shape[-1]))
-                shared[id(x)] = (x, stats)
+                shared.put(x, stats)
             new = method.apply(module, stats, name)
             if new is not None and new is not module:
                 replacements.update(stand_in_for(model, block, {name: new}))
@@ -134,14 +149,16 @@ def observe(method: Statistics, linears: dict[str, nn.Module], inputs: BlockInpu
     v; gate and up) share one statistic when the method says its statistics depend on the
     input alone."""
     stats = {name: method.init_stats(linear) for name, linear in linears.items()}
-    fed: dict[int, tuple[Tensor, str]] = {}  # id of an input -> (the input, kept alive; first linear it fed)
+    fed = ByInput()  # the first linear each input fed, in this pass
     done: set[str] = set()  # linears that had their input, in this pass
     aliases: dict[str, str] = {}
 
     def hook(name: str) -> Callable:
         def observe_input(module: nn.Module, args: tuple, output: Any) -> None:
             x = args[0]
-            _, first = fed.setdefault(id(x), (x, name))  # holding x: its id is not reused this pass
+            first = fed.get(x)
+            if first is None:
+                fed.put(x, first := name)
             if method.input_only_stats and first != name:
                 aliases[name] = first
             else:
@@ -155,7 +172,7 @@ def observe(method: Statistics, linears: dict[str, nn.Module], inputs: BlockInpu
     handles = [linear.register_forward_hook(hook(name)) for name, linear in linears.items()]
     try:
         for index in range(len(inputs)):
-            fed.clear()
+            fed.entries.clear()
             done.clear()
             with contextlib.suppress(StopForward):
                 run(inputs, index)

@@ -46,10 +46,22 @@ def window_nlls(model: nn.Module, windows: Tensor, batch_size: int = 1, progress
     nlls = []
     for batch in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress):
         batch = batch.to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # [b, s-1, vocab]
-        loss = nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # [b, s-1]
-        nlls.append(loss.mean(dim=1).cpu())
+        logits = model(input_ids=batch, use_cache=False).logits  # [b, s, vocab]
+        nlls.append(token_nlls(logits[:, :-1], batch[:, 1:]).mean(dim=1).cpu())
+        del logits
     return torch.cat(nlls)
+
+
+def token_nlls(logits: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
+    """Next-token negative log-likelihoods `[b, s]` of `targets` `[b, s]` under `logits`
+    `[b, s, vocab]`, a chunk of positions at a time (a 262k-token vocabulary makes a window's
+    logits gigabytes; the log-softmax of all of them at once would take several times that)."""
+    out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for start in range(0, targets.shape[1], chunk):
+        part = logits[:, start:start + chunk].float()
+        out[:, start:start + chunk] = nn.functional.cross_entropy(part.transpose(1, 2), targets[:, start:start + chunk],
+                                                                  reduction="none")
+    return out
 
 
 def perplexity(model: nn.Module, tokenizer: Any, source: str | os.PathLike | Tensor = "wikitext2", *,

@@ -61,9 +61,9 @@ class Decoder:
         self.length = 0
         self.active = 0  # sequences in the current batch
         # q/k/v and gate/up read one input each: one kernel call for each set when decoding
-        self.qkv = [SharedInputLinears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])
-                    for l in self.layers]
-        self.gate_up = [SharedInputLinears([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers]
+        self.qkv = [SharedInputLinears([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
+                    for layer in self.layers]
+        self.gate_up = [SharedInputLinears([layer.mlp.gate_proj, layer.mlp.up_proj]) for layer in self.layers]
         # single-token steps run their float parts (norms, rotation, attention) as C calls too
         self.c_steps = (not self.gemma and kernels.available() and self.dtype == torch.float32
                         and self.device.type == "cpu"

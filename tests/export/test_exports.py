@@ -333,9 +333,9 @@ def test_gguf_refuses_gemma3_layer_types_it_cannot_hold(tmp_path):
 
 
 def test_gemma3_exports_to_compressed_tensors_and_loads_back_quantized(tmp_path):
-    from helpers import tiny_gemma3
-
     from tcompress.export.compressed import export_compressed_tensors, load_compressed_tensors
+
+    from helpers import tiny_gemma3
 
     torch.manual_seed(0)
     model, tok = tiny_gemma3(vocab_size=257).eval(), byte_tokenizer()

@@ -86,7 +86,10 @@ def test_a_table_rounded_like_the_head_reads_the_heads_codes(tmp_path):
     logits = model(ids).logits
     tc.save(model, tmp_path / "m", byte_tokenizer())
     tc.save(separate, tmp_path / "s", byte_tokenizer())
-    size = lambda name: (tmp_path / name / "model.safetensors").stat().st_size
+
+    def size(name):
+        return (tmp_path / name / "model.safetensors").stat().st_size
+
     assert size("s") - size("m") >= separate.model.embed_tokens.nbytes()
     loaded, _ = tc.load(tmp_path / "m")
     assert loaded.model.embed_tokens.qweight is loaded.lm_head.qweight
