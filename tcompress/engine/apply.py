@@ -11,17 +11,19 @@ from tcompress.checkpoint.record import record_of
 from tcompress.core.modules import replace_module
 from tcompress.engine.inputs import Calibration
 from tcompress.engine.method import LinearMethod, Method, ModelMethod, method_from
-from tcompress.engine.sequential import sequential
+from tcompress.engine.sequential import CHUNK_TOKENS, sequential
 from tcompress.engine.targets import check_targets, head_of, replace_head, selected
 
 
 def apply(model: nn.Module, method: Method | dict[str, Any], calib: Calibration | None = None, *,
-          batch_size: int = 1, device: torch.device | str | None = None, progress: bool = True) -> nn.Module:
+          batch_size: int = 1, device: torch.device | str | None = None, progress: bool = True,
+          chunk_tokens: int = CHUNK_TOKENS) -> nn.Module:
     """Apply `method` to `model` in place and record it; returns the model.
 
     `calib` is calibration data (token ids `[n, seqlen]` or a list of model inputs); the
     methods that need none ignore it. Blocks are processed one at a time, each on the
-    outputs of the already compressed blocks before it.
+    outputs of the already compressed blocks before it; a per-linear method runs each over
+    the calibration batches in chunks of about `chunk_tokens` tokens (fewer: less memory).
     """
     if isinstance(method, dict):
         method = method_from(method)
@@ -37,7 +39,8 @@ def apply(model: nn.Module, method: Method | dict[str, Any], calib: Calibration 
         if isinstance(method, ModelMethod):
             method.apply_model(model, calib, progress=progress)
         elif method.needs_data:
-            sequential(model, calib, method, batch_size=batch_size, device=device, progress=progress)
+            sequential(model, calib, method, batch_size=batch_size, device=device, progress=progress,
+                       chunk_tokens=chunk_tokens)
         else:  # a LinearMethod (register refuses block methods without data)
             change_each_linear(model, method)
     record_of(model).applied.append(method.to_dict())

@@ -236,10 +236,43 @@ def _merge_values(values: list[Any], sizes: list[int]) -> Any:
     return first
 
 
-def split_like(inputs: BlockInputs, hidden: Tensor) -> BlockInputs:
-    """`inputs` with its hidden states replaced by the slices of `hidden`, batch by batch."""
-    inputs.hidden = list(hidden.split([h.shape[0] for h in inputs.hidden]))
-    return inputs
+def chunked(inputs: BlockInputs, tokens: int) -> BlockInputs | None:
+    """The batches joined into chunks of about `tokens` tokens each (`merged` a run of
+    consecutive batches at a time; a batch larger than that is a chunk of its own), so a
+    block runs over a few large batches with bounded activations; None where they cannot be
+    joined. `split(chunks.hidden, sizes_of(inputs))` cuts the chunks' outputs back into batches."""
+    chunks, start = [], 0
+    while start < len(inputs):
+        end, size = start, 0
+        while end < len(inputs) and (end == start or size + inputs.hidden[end][..., 0].numel() <= tokens):
+            size += inputs.hidden[end][..., 0].numel()
+            end += 1
+        chunk = merged(BlockInputs(inputs.hidden[start:end], inputs.args[start:end], inputs.kwargs[start:end],
+                                   inputs.positional))
+        if chunk is None:
+            return None
+        chunks.append(chunk)
+        start = end
+    return BlockInputs([c.hidden[0] for c in chunks], [c.args[0] for c in chunks], [c.kwargs[0] for c in chunks],
+                       inputs.positional)
+
+
+def sizes_of(inputs: BlockInputs) -> list[int]:
+    """Samples in each batch."""
+    return [h.shape[0] for h in inputs.hidden]
+
+
+def split(hidden: list[Tensor], sizes: list[int]) -> list[Tensor]:
+    """Tensors of one or more consecutive batches each, in order, cut back into batches of
+    `sizes` samples (views, not copies)."""
+    sizes_left = iter(sizes)
+    pieces = []
+    for joined in hidden:
+        own: list[int] = []
+        while sum(own) < joined.shape[0]:
+            own.append(next(sizes_left))
+        pieces.extend(joined.split(own))
+    return pieces
 
 
 def home(module: nn.Module) -> torch.device | None:

@@ -15,6 +15,7 @@ import weakref
 from typing import Any, Callable, Protocol
 
 import torch
+from greenlet import greenlet
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -27,14 +28,17 @@ from tcompress.engine.inputs import (
     StopForward,
     batches_of,
     capture,
+    chunked,
     home,
-    merged,
     placed,
-    split_like,
+    sizes_of,
+    split,
 )
 from tcompress.engine.method import BlockMethod, LinearMethod, Method
 from tcompress.engine.targets import head_of, replace_head
 from tcompress.models.adapters import Block, adapter
+
+CHUNK_TOKENS = 8192  # calibration tokens a block runs over at once: 16 samples of 512
 
 
 class Statistics(Protocol):
@@ -105,38 +109,64 @@ class ByInput:
 
 def quantize_in_one_pass(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
                          run: BlockRunner) -> dict[str, nn.Module]:
-    """True-sequential application in a single forward over all calibration samples at once
-    (`inputs` merged into one batch): each selected linear is changed just before its first
-    use, from the statistics of the input it is about to get, so the groups after it see its
-    change, and the block's output is the changed block's. Stores that output in `inputs`."""
+    """True-sequential application in a single forward: each selected linear is changed just
+    before its first use, from the statistics of the input it is about to get over every
+    batch, so the groups after it see its change, and the block's output is the changed
+    block's. Stores that output in `inputs`.
+
+    Each batch runs the block as a coroutine of its own (a greenlet, on this thread). At a
+    linear still to change, the batch hands its input over and waits; once every batch has,
+    the linear changes and the batches go on, one at a time, to the next. So the block runs
+    once, yet only one batch's transient activations (attention scores, the MLP's wide
+    intermediates) are alive at a time: the others hold only what their forward keeps."""
     chosen = {name: linear for name, linear in block.linears.items() if method.selects(name, linear)}
     replacements: dict[str, nn.Module] = {}
-    shared = ByInput()  # the statistics of each input, for the linears fed the very same tensor
-    done: set[str] = set()
+    stats: dict[str, Any] = {}
+    fed = ByInput()  # the first linear each input fed: linears fed the very same tensor share its statistics
+    hub = greenlet.getcurrent()
+
+    def change(name: str, module: nn.Module, with_stats: Any) -> None:
+        new = method.apply(module, with_stats, name)
+        if new is not None and new is not module:
+            replacements.update(stand_in_for(model, block, {name: new}))
+        stats[name] = with_stats
 
     def change_before_use(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
-            if name in done:
+            if name in stats:
                 return
-            done.add(name)
             x = args[0]
-            stats = shared.get(x) if method.input_only_stats else None
-            if stats is None:
-                stats = method.observe(method.init_stats(module), x.reshape(-1, x.shape[-1]))
-                shared.put(x, stats)
-            new = method.apply(module, stats, name)
-            if new is not None and new is not module:
-                replacements.update(stand_in_for(model, block, {name: new}))
+            first = fed.get(x) if method.input_only_stats else None
+            if first is not None and first in stats:
+                change(name, module, stats[first])
+                return
+            fed.put(x, name)
+            hub.switch(name, x)  # wait until every batch has observed this linear and it has changed
 
         return hook
 
     handles = [linear.register_forward_pre_hook(change_before_use(name)) for name, linear in chosen.items()]
     try:
-        out = run(inputs, 0).to(run.offload)
+        batches = [greenlet(run) for _ in range(len(inputs))]
+        events = [batch.switch(inputs, index) for index, batch in enumerate(batches)]
+        while not all(batch.dead for batch in batches):
+            waiting = {event[0] for batch, event in zip(batches, events) if not batch.dead}
+            if len(waiting) != 1 or any(batch.dead for batch in batches):
+                raise RuntimeError(f"the block's batches reached different linears ({sorted(waiting)}): "
+                                   "run it with one_pass=False")
+            name = waiting.pop()
+            observed = method.init_stats(chosen[name])
+            for index, (_, x) in enumerate(events):
+                events[index] = None  # the input goes once observed
+                observed = method.observe(observed, x.reshape(-1, x.shape[-1]))
+                del x
+            change(name, chosen[name], observed)
+            events = [batch.switch() for batch in batches]
+        outputs = [out.to(run.offload) for out in events]
     finally:
         for handle in handles:
             handle.remove()
-    inputs.hidden[0] = out
+    inputs.hidden = outputs
     return replacements
 
 
@@ -188,24 +218,29 @@ def observe(method: Statistics, linears: dict[str, nn.Module], inputs: BlockInpu
 def sequential(model: nn.Module, calib: Calibration, method: Method | None = None, *, batch_size: int = 1,
                device: torch.device | str | None = None, offload: torch.device | str = "cpu",
                progress: bool = True, on_block: Callable[[Block, list[Tensor]], None] | None = None,
-               one_pass: bool = True) -> list[Tensor]:
+               one_pass: bool = True, chunk_tokens: int = CHUNK_TOKENS) -> list[Tensor]:
     """Run `model` block by block over `calib`, applying `method` to each block.
 
     Returns the last block's outputs, one tensor per batch. `device` is where each block
     runs (its weights move there and back); activations wait on `offload`. `on_block` is
     called with each block and its outputs (after the method changed it). `one_pass`: a
-    per-linear method runs each block over all batches at once (the fastest; it holds the
-    whole calibration set's activations of one block): a true-sequential one in a single
-    forward, changing each linear just before its first use, any other in one forward to
-    observe and one for the outputs. Else per batch, once per group of linears.
+    per-linear method runs each block over the batches joined into chunks of about
+    `chunk_tokens` tokens (the fastest; larger chunks hold more activations at a time): a
+    true-sequential one in a single forward, changing each linear just before its first use,
+    any other in one forward to observe and one for the outputs. Else per batch, once per
+    group of linears.
     """
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
     with reuse_freed_memory():  # each block allocates the same large activations again
-        return _sequential(model, calib, method, batch_size, device, offload, progress, on_block, one_pass)
+        return _sequential(model, calib, method, batch_size, device, offload, progress, on_block, one_pass,
+                           chunk_tokens)
 
 
 def _sequential(model: nn.Module, calib: Calibration, method: Method | None, batch_size: int,
                 device: torch.device | str | None, offload: torch.device | str, progress: bool,
-                on_block: Callable[[Block, list[Tensor]], None] | None, one_pass: bool) -> list[Tensor]:
+                on_block: Callable[[Block, list[Tensor]], None] | None, one_pass: bool,
+                chunk_tokens: int) -> list[Tensor]:
     batches = batches_of(calib, batch_size)
     parts = adapter(model)
     blocks = parts.blocks()
@@ -217,7 +252,7 @@ def _sequential(model: nn.Module, calib: Calibration, method: Method | None, bat
         with placed(block.module, device):
             run = BlockRunner(block.module, device or home(block.module), offload)
             if isinstance(method, LinearMethod):
-                replacements = change_linears(method, model, block, inputs, run, one_pass)
+                replacements = change_linears(method, model, block, inputs, run, one_pass, chunk_tokens)
             elif isinstance(method, BlockMethod):
                 replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
                 run.propagate(inputs)
@@ -235,22 +270,25 @@ def _sequential(model: nn.Module, calib: Calibration, method: Method | None, bat
 
 
 def change_linears(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
-                   run: BlockRunner, one_pass: bool) -> dict[str, nn.Module]:
+                   run: BlockRunner, one_pass: bool, chunk_tokens: int) -> dict[str, nn.Module]:
     """Apply a per-linear method to `block` and store the changed block's outputs in `inputs`.
 
-    With `one_pass` (and batches that can be merged) all batches run as one; a true-sequential
-    method then needs a single forward. Returns the replacements still to put in place."""
-    one_batch = merged(inputs) if one_pass else None
-    if one_batch is None:
+    With `one_pass` (and batches that can be joined) the batches run in chunks of about
+    `chunk_tokens` tokens; a true-sequential method then needs a single forward. Returns the
+    replacements still to put in place."""
+    chunks = chunked(inputs, chunk_tokens) if one_pass else None
+    if chunks is None:
         replacements = observe_and_apply(method, model, block, inputs, run)
         run.propagate(inputs)
         return replacements
+    sizes = sizes_of(inputs)
+    inputs.hidden.clear()  # the chunks hold the same states: the batches' own copies go
     if method.true_sequential:
-        replacements = quantize_in_one_pass(method, model, block, one_batch, run)
+        replacements = quantize_in_one_pass(method, model, block, chunks, run)
     else:
-        replacements = observe_and_apply(method, model, block, one_batch, run)
-        run.propagate(one_batch)
-    split_like(inputs, one_batch.hidden[0])
+        replacements = observe_and_apply(method, model, block, chunks, run)
+        run.propagate(chunks)
+    inputs.hidden.extend(split(chunks.hidden, sizes))
     return replacements
 
 

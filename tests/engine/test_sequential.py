@@ -158,9 +158,10 @@ def test_apply_rejects_what_is_not_a_method():
         tc.apply(nn.Linear(2, 2), "gptq")
 
 
+@pytest.mark.parametrize("chunk_tokens", [8192, 1, 30])  # all batches joined; one chunk each; two, then one
 @pytest.mark.parametrize("true_sequential", [True, False])
 @pytest.mark.parametrize("family", ["llama", "bert"])
-def test_one_pass_equals_passes_batch_by_batch(family, true_sequential):
+def test_one_pass_equals_passes_batch_by_batch(family, true_sequential, chunk_tokens):
     from tcompress.packed import QuantLinear
     from tcompress.quantize import GPTQ
 
@@ -169,13 +170,34 @@ def test_one_pass_equals_passes_batch_by_batch(family, true_sequential):
         sample["attention_mask"][0, -(i + 2):] = 0  # every sample padded: masks to concatenate
     models = {one_pass: build(family) for one_pass in (True, False)}
     method = GPTQ(bits=3, group_size=32, true_sequential=true_sequential)
-    for one_pass, model in models.items():
-        sequential(model, calib, method, one_pass=one_pass, progress=False)
+    outputs = {one_pass: sequential(model, calib, method, one_pass=one_pass, progress=False, chunk_tokens=chunk_tokens)
+               for one_pass, model in models.items()}
+    assert [h.shape for h in outputs[True]] == [h.shape for h in outputs[False]]  # split back batch by batch
+    for a, b in zip(outputs[True], outputs[False]):
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
     quantized = [name for name, m in models[True].named_modules() if isinstance(m, QuantLinear)]
     assert len(quantized) == {"llama": 14, "bert": 12}[family]
     for name in quantized:
         a, b = models[True].get_submodule(name).codes(), models[False].get_submodule(name).codes()
         assert (a == b).float().mean() > 0.99, name  # the same Hessians, summed in another order
+
+
+def test_chunks_join_consecutive_batches_up_to_a_token_budget_and_split_back_exactly():
+    from tcompress.engine.inputs import capture, chunked, sizes_of, split
+
+    model = build("llama")
+    first = tc.adapter(model).blocks()[0].module
+    batches = [example_inputs("llama", batch=n) for n in (1, 2, 1, 3)]
+    inputs = capture(model, [first], batches, "cpu")
+    seqlen = inputs.hidden[0].shape[1]
+    chunks = chunked(inputs, tokens=3 * seqlen)  # 1 + 2 samples, then 1 (1 + 3 is over), then 3
+    assert [h.shape[0] for h in chunks.hidden] == [3, 1, 3]
+    assert len(chunks.args) == len(chunks.kwargs) == 3
+    saved = [h.clone() for h in inputs.hidden]
+    pieces = split([h + 1 for h in chunks.hidden], sizes_of(inputs))
+    assert [h.shape for h in pieces] == [h.shape for h in saved]
+    assert all(torch.equal(h, s + 1) for h, s in zip(pieces, saved))
+    assert len(chunked(inputs, tokens=1)) == 4  # a batch over the budget is a chunk of its own
 
 
 def test_merged_inputs_concatenate_per_sample_arguments_and_refuse_other_lengths():
@@ -190,3 +212,11 @@ def test_merged_inputs_concatenate_per_sample_arguments_and_refuse_other_lengths
     assert one.hidden[0].shape[0] == 2 and one.args[0][0].shape[0] == 2  # the padding masks, one per sample
     short = example_inputs("bert", batch=1, seqlen=7)
     assert merged(capture(model, [first], samples("bert", n=1) + [short], "cpu")) is None
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_chunk_tokens_must_be_a_positive_integer(bad):
+    from tcompress.quantize import GPTQ
+
+    with pytest.raises(ValueError, match="chunk_tokens must be a positive integer"):
+        sequential(build("llama"), samples("llama"), GPTQ(), chunk_tokens=bad, progress=False)
