@@ -15,13 +15,14 @@ from torch import nn
 
 from tcompress.checkpoint.load import load
 from tcompress.checkpoint.save import save
-from tcompress.cli.common import EPILOG, add_calibration_and_output, calibration_data, out_folder
+from tcompress.cli.common import EPILOG, add_calibration_and_output, calibration_data, out_folder, positive
 from tcompress.cli.methods import add_method_options, method_from_args
 from tcompress.core.sizes import folder_bytes, tensor_bytes
 from tcompress.data.text import windows
 from tcompress.data.vision import images
 from tcompress.engine.apply import apply
 from tcompress.engine.method import Method, methods_of
+from tcompress.engine.sequential import CHUNK_TOKENS
 from tcompress.eval.harness import model_kind
 from tcompress.eval.lm import perplexity
 from tcompress.eval.vision import accuracy
@@ -61,6 +62,9 @@ def method_command(commands: argparse._SubParsersAction, kind: str) -> argparse.
     parser.add_argument("model", metavar="MODEL")
     add_method_options(parser, kind, DEFAULT_METHOD[kind])
     add_calibration_and_output(parser, "quantized" if kind == "quantize" else "pruned")
+    parser.add_argument("--calib-chunk", type=positive, default=CHUNK_TOKENS, metavar="TOKENS",
+                        help=f"calibration tokens each block runs over at once (default {CHUNK_TOKENS}; "
+                        "fewer hold less memory)")
     return parser
 
 
@@ -105,7 +109,7 @@ def compress_and_report(args: argparse.Namespace, method: Method) -> nn.Module:
     if measure:
         rows[0].update(measure(model))
     start = time.perf_counter()
-    apply(model, method, calib)
+    apply(model, method, calib, chunk_tokens=args.calib_chunk)
     seconds = time.perf_counter() - start
     save(model, out)
     rows.append({"model": method.describe(), "MB in memory": tensor_bytes(model) / 2**20,

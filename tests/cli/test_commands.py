@@ -69,6 +69,19 @@ def test_quantize_saves_a_packed_model_and_reports_sizes(method, tiny_folder, tm
     assert model.tc_record.applied[0]["method"] == method
 
 
+def test_quantize_calibrates_in_chunks_of_the_tokens_asked_for(tiny_folder, tmp_path, monkeypatch, capsys):
+    from tcompress.cli import compress
+
+    seen = []
+    monkeypatch.setattr(compress, "apply", lambda model, method, calib, chunk_tokens: seen.append(chunk_tokens))
+    assert main(["-q", "quantize", tiny_folder, "--calib-samples", "2", "--calib-seqlen", "32", "--calib-chunk", "64",
+                 "--out", str(tmp_path / "q")]) == 0
+    assert seen == [64]
+    with pytest.raises(SystemExit) as exit:
+        main(["-q", "quantize", tiny_folder, "--calib-chunk", "0", "--out", str(tmp_path / "r")])
+    assert exit.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+
+
 def test_quantize_refuses_bad_settings_before_loading(tiny_folder, tmp_path, capsys):
     assert main(["-q", "quantize", tiny_folder, "--bits", "5", "--out", str(tmp_path / "q")]) == 2
     assert "bits must be one of" in capsys.readouterr().err
