@@ -38,7 +38,7 @@ from tcompress.engine.method import BlockMethod, LinearMethod, Method
 from tcompress.engine.targets import head_of, replace_head
 from tcompress.models.adapters import Block, adapter
 
-CHUNK_TOKENS = 8192  # calibration tokens a block runs over at once: 16 samples of 512
+CHUNK_TOKENS = 16384  # calibration tokens a block runs over at once: 32 samples of 512 (see calibration_memory.py)
 
 
 class Statistics(Protocol):

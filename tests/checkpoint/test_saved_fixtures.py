@@ -1,4 +1,5 @@
-"""Checkpoints saved by an earlier version load bit-exactly: the same tensors, the same logits."""
+"""Checkpoints saved by an earlier version load bit-exactly: the same tensors, and the same logits
+to float rounding (the forward is transformers', whose releases may order a sum differently)."""
 
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def test_a_checkpoint_saved_before_loads_bit_exactly(name):
     inputs = expected["inputs"]
     with torch.no_grad():
         logits = model(**({"pixel_values": inputs} if inputs.is_floating_point() else {"input_ids": inputs})).logits
-    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=0)
+    torch.testing.assert_close(logits, expected["logits"], rtol=1e-5, atol=1e-6)
     saved = load_file(folder / "model.safetensors")
     state = model.state_dict()
     for key, tensor in saved.items():
