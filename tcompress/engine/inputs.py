@@ -241,11 +241,12 @@ def chunked(inputs: BlockInputs, tokens: int) -> BlockInputs | None:
     consecutive batches at a time; a batch larger than that is a chunk of its own), so a
     block runs over a few large batches with bounded activations; None where they cannot be
     joined. `split(chunks.hidden, sizes_of(inputs))` cuts the chunks' outputs back into batches."""
+    counts = [h[..., 0].numel() for h in inputs.hidden]  # tokens in each batch
     chunks, start = [], 0
     while start < len(inputs):
         end, size = start, 0
-        while end < len(inputs) and (end == start or size + inputs.hidden[end][..., 0].numel() <= tokens):
-            size += inputs.hidden[end][..., 0].numel()
+        while end < len(inputs) and (end == start or size + counts[end] <= tokens):
+            size += counts[end]
             end += 1
         chunk = merged(BlockInputs(inputs.hidden[start:end], inputs.args[start:end], inputs.kwargs[start:end],
                                    inputs.positional))

@@ -106,6 +106,9 @@ class ByInput:
     def put(self, x: Tensor, value: Any) -> None:
         self.entries[id(x)] = (weakref.ref(x), value)
 
+    def clear(self) -> None:
+        self.entries.clear()
+
 
 def quantize_in_one_pass(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,
                          run: BlockRunner) -> dict[str, nn.Module]:
@@ -150,16 +153,14 @@ def quantize_in_one_pass(method: LinearMethod, model: nn.Module, block: Block, i
         batches = [greenlet(run) for _ in range(len(inputs))]
         events = [batch.switch(inputs, index) for index, batch in enumerate(batches)]
         while not all(batch.dead for batch in batches):
-            waiting = {event[0] for batch, event in zip(batches, events) if not batch.dead}
-            if len(waiting) != 1 or any(batch.dead for batch in batches):
-                raise RuntimeError(f"the block's batches reached different linears ({sorted(waiting)}): "
+            reached = {"the block's end" if batch.dead else event[0] for batch, event in zip(batches, events)}
+            if len(reached) != 1:
+                raise RuntimeError(f"the block's batches reached different places ({sorted(reached)}): "
                                    "run it with one_pass=False")
-            name = waiting.pop()
+            name = reached.pop()
             observed = method.init_stats(chosen[name])
-            for index, (_, x) in enumerate(events):
-                events[index] = None  # the input goes once observed
+            for _, x in events:
                 observed = method.observe(observed, x.reshape(-1, x.shape[-1]))
-                del x
             change(name, chosen[name], observed)
             events = [batch.switch() for batch in batches]
         outputs = [out.to(run.offload) for out in events]
@@ -202,7 +203,7 @@ def observe(method: Statistics, linears: dict[str, nn.Module], inputs: BlockInpu
     handles = [linear.register_forward_hook(hook(name)) for name, linear in linears.items()]
     try:
         for index in range(len(inputs)):
-            fed.entries.clear()
+            fed.clear()
             done.clear()
             with contextlib.suppress(StopForward):
                 run(inputs, index)
