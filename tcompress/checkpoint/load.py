@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tcompress.checkpoint.integrity import CheckpointError, check_weight_files, verify_digests
+from tcompress.checkpoint.lazy import load_lazy
 from tcompress.checkpoint.record import Record
 from tcompress.checkpoint.save import save
 from tcompress.core.cache import cache_root
@@ -35,7 +36,8 @@ HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
-         device_map: str | dict | None = None, processor: bool = True, verify: bool = False) -> tuple[nn.Module, Any]:
+         device_map: str | dict | None = None, processor: bool = True, verify: bool = False,
+         lazy: bool = False, spool: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
     """Load a model and its tokenizer (or image processor; None if it has neither).
 
     `dtype` is the floating-point type of the weights ("auto" keeps the checkpoint's);
@@ -45,9 +47,20 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
     every file of a saved folder against the sha256 `tc.save` recorded. A folder that cannot
     be loaded as it is (missing, truncated or corrupted files, a config that does not match
     its tensors) raises a `CheckpointError` naming the file. The model is returned in eval mode.
+
+    `lazy=True` builds the model without its blocks' weights, which the layer-wise engine
+    (`tc.apply`) then reads from the safetensors files one block at a time; each block's
+    result waits in `spool` (default: a folder in the tcompress cache) until `tc.save`
+    writes the model shard by shard. So a model larger than memory compresses in about one
+    block's memory. Evaluating or distilling such a model needs it saved and loaded again.
     """
     with_processor, processor = processor, None  # the flag; then what is loaded
     key = str(spec)
+    if lazy:
+        model, processor = _load_lazy(key, dtype, device_map, with_processor, spool)
+        model.eval()
+        model.tc_processor = processor
+        return model, processor
     if key in named.NAMED:
         model, processor = _load_named(key, dtype, device_map, with_processor)
     else:
@@ -71,6 +84,34 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
     model.eval()
     model.tc_processor = processor
     return model, processor
+
+
+def _load_lazy(spec: str, dtype, device_map, with_processor: bool, spool) -> tuple[nn.Module, Any]:
+    """A float safetensors checkpoint (a named model, a folder, a hub id) built by `load_lazy`."""
+    if device_map is not None:
+        raise ValueError("lazy=True places each block itself: give no device_map")
+    if spec in named.NAMED:
+        folder = named_folder(spec)
+    elif Path(spec).expanduser().is_dir():
+        folder = Path(spec).expanduser()
+    elif Path(spec).suffix == ".gguf" or Path(spec).expanduser().exists():
+        raise ModelSpecError(f"lazy=True reads safetensors folders; {spec!r} is a file: convert it first (tc.load, "
+                             "then tc.save)")
+    elif HUB_ID.match(spec):
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    else:
+        raise ModelSpecError(f"unknown model spec {spec!r}: expected a named model ({', '.join(named.NAMED)}), "
+                             "a Hugging Face folder, or a hub id 'org/name'")
+    record = Record.read(folder)
+    if record is not None and record.modules:
+        raise ModelSpecError(f"{str(folder)!r} holds packed modules, which load whole in little memory: load it "
+                             "without lazy=True")
+    config = read_config(folder)
+    model = load_lazy(model_class(config), config, folder, dtype, spool)
+    model.tc_record = Record(source=spec) if spec in named.NAMED or record is None else record
+    return model, read_processor(folder) if with_processor else None
 
 
 def _load_named(name: str, dtype, device_map, with_processor: bool = True) -> tuple[nn.Module, Any]:

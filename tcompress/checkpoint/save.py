@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from tcompress.checkpoint.integrity import file_digests
+from tcompress.checkpoint.lazy import lazy_of, write_sharded
 from tcompress.checkpoint.record import RECORD_FILE, record_of
 from tcompress.core.files import written_atomically
 from tcompress.core.sizes import folder_bytes
@@ -29,7 +30,8 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
 
     `processor` defaults to the one `tc.load` attached to the model. `tc.load(folder)`
     gives both back, with the record of what was applied; the record holds the sha256 of
-    every file written, which `tc.load(folder, verify=True)` checks.
+    every file written, which `tc.load(folder, verify=True)` checks. A model loaded with
+    `lazy=True` is written a shard a block, from its spooled results.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -42,7 +44,10 @@ def save(model: nn.Module, folder: str | os.PathLike, processor: Any = None) -> 
         layouts = packed_layouts(model)
         # packed models load through tc.load, by their module names as they are in memory (a
         # family transformers renames on save, e.g. ViT, would not match its layouts otherwise)
-        model.save_pretrained(tmp, safe_serialization=True, save_original_format=not layouts)
+        if lazy_of(model) is not None:
+            write_sharded(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, save_original_format=not layouts)
         if processor is not None:
             processor.save_pretrained(tmp)
         record = replace(record_of(model), modules=layouts, files=file_digests(tmp))

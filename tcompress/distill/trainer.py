@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tcompress.checkpoint.lazy import require_materialized
 from tcompress.distill.base import DistillLoss, Outputs
 from tcompress.distill.forward import forward, use_eager_attention
 
@@ -171,6 +172,9 @@ def distill(student: nn.Module, data: Tensor, losses: list[DistillLoss], config:
 
 def check_inputs(student: nn.Module, data: Tensor, losses: list[DistillLoss], teacher: nn.Module | None) -> None:
     """Clear errors before any work."""
+    require_materialized(student, "distillation")
+    if teacher is not None:
+        require_materialized(teacher, "a distillation teacher")
     tokens = isinstance(data, Tensor) and not data.is_floating_point() and data.ndim == 2 and data.shape[1] >= 2
     images = isinstance(data, Tensor) and data.is_floating_point() and data.ndim == 4
     if not (tokens or images) or data.shape[0] == 0:

@@ -19,6 +19,7 @@ from greenlet import greenlet
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tcompress.checkpoint.lazy import streamed
 from tcompress.core.memory import reuse_freed_memory
 from tcompress.core.modules import linear_weight, replace_module
 from tcompress.engine.inputs import (
@@ -250,21 +251,22 @@ def _sequential(model: nn.Module, calib: Calibration, method: Method | None, bat
     desc = f"{method.name} by block" if method else "blocks"
     for block in tqdm(blocks, desc=desc, disable=not progress):
         inputs = captured.at(block.index)
-        with placed(block.module, device):
-            run = BlockRunner(block.module, device or home(block.module), offload)
-            if isinstance(method, LinearMethod):
-                replacements = change_linears(method, model, block, inputs, run, one_pass, chunk_tokens)
-            elif isinstance(method, BlockMethod):
-                replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
-                run.propagate(inputs)
-            else:
-                replacements = {}
-                run.propagate(inputs)
-            for name, new in replacements.items():
-                replace_module(model, name, new)
-        captured.hidden = inputs.hidden
-        if on_block is not None:
-            on_block(block, inputs.hidden)
+        with streamed(model, block.name):  # a lazily loaded model's block holds its weights only here
+            with placed(block.module, device):
+                run = BlockRunner(block.module, device or home(block.module), offload)
+                if isinstance(method, LinearMethod):
+                    replacements = change_linears(method, model, block, inputs, run, one_pass, chunk_tokens)
+                elif isinstance(method, BlockMethod):
+                    replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
+                    run.propagate(inputs)
+                else:
+                    replacements = {}
+                    run.propagate(inputs)
+                for name, new in replacements.items():
+                    replace_module(model, name, new)
+            captured.hidden = inputs.hidden
+            if on_block is not None:
+                on_block(block, inputs.hidden)
     if isinstance(method, LinearMethod) and method.head:
         quantize_head(method, model, inputs)
     return inputs.hidden

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tcompress import data
+from tcompress.checkpoint.lazy import require_materialized
 from tcompress.core.memory import reuse_freed_memory
 
 
@@ -42,6 +43,7 @@ def eval_windows(model: nn.Module, tokenizer: Any, source: str | os.PathLike | T
 @torch.no_grad()
 def window_nlls(model: nn.Module, windows: Tensor, batch_size: int = 1, progress: bool = True) -> Tensor:
     """Mean next-token negative log-likelihood of each window, `[n]`."""
+    require_materialized(model, "evaluation")
     device = next(model.parameters()).device
     nlls = []
     for batch in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress):
