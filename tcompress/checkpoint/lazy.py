@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from tcompress.checkpoint.integrity import CheckpointError, check_weight_files
 from tcompress.core.cache import cache_root
+from tcompress.core.memory import release_freed_memory
 from tcompress.models.adapters import adapter
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -144,6 +145,7 @@ def streamed(model: nn.Module, block: str) -> Iterator[None]:
         spool_block(lazy, block, block_module)
     finally:
         empty(model.get_submodule(block))
+        release_freed_memory()  # the block's tensors, and what its method worked in, leave no resident pages
 
 
 def block_state(lazy: LazyWeights, block: str, strip: bool = False) -> dict[str, Tensor]:

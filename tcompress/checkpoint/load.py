@@ -86,6 +86,29 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
     return model, processor
 
 
+def empty_model(spec: str | os.PathLike) -> nn.Module | None:
+    """The model `spec` names, built on the meta device from its config alone (no weight
+    read), for estimates before loading; None where only loading tells (a GGUF file, a
+    folder of packed modules)."""
+    key = str(spec)
+    if key in named.NAMED:
+        source: str | Path = named_folder(key)
+    else:
+        path = Path(spec).expanduser()
+        if path.suffix == ".gguf":
+            return None
+        source = path if path.is_dir() else key
+    if Path(source).is_dir():
+        record = Record.read(Path(source))
+        if record is not None and record.modules:
+            return None
+    config = read_config(source)
+    with init_empty_weights(include_buffers=False):
+        model = model_class(config)._from_config(config, dtype=torch.float32)
+    model.tie_weights()  # a tied head is the embeddings' tensor, counted once
+    return model
+
+
 def _load_lazy(spec: str, dtype, device_map, with_processor: bool, spool) -> tuple[nn.Module, Any]:
     """A float safetensors checkpoint (a named model, a folder, a hub id) built by `load_lazy`."""
     if device_map is not None:

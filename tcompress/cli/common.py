@@ -44,6 +44,24 @@ def group_size(text: str) -> int | None:
     return None if text == "channel" else positive(text)
 
 
+UNITS = {"gib": 2**30, "gb": 10**9, "g": 10**9, "mib": 2**20, "mb": 10**6, "m": 10**6}
+
+
+def memory_size(text: str) -> int:
+    """argparse type: an amount of memory with its unit, like 4GB, 2.5GiB or 800MB, in bytes."""
+    lowered = text.strip().lower()
+    for unit in sorted(UNITS, key=len, reverse=True):
+        if lowered.endswith(unit):
+            try:
+                value = float(lowered[: -len(unit)])
+            except ValueError:
+                break
+            if value > 0:
+                return int(value * UNITS[unit])
+            break
+    raise argparse.ArgumentTypeError(f"expected an amount of memory with its unit (4GB, 2.5GiB, 800MB), got {text!r}")
+
+
 def out_folder(path: str) -> Path:
     """`--out` as a folder path, refused if it names a file."""
     out = Path(path)

@@ -38,6 +38,14 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's `malloc_trim`: the middle of the
+    heap too), where work that allocates tensors of ever new sizes would leave them resident."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 @contextlib.contextmanager
 def reuse_freed_memory() -> Iterator[None]:
     """Inside, large blocks come from the heap and stay there when freed, to be reused

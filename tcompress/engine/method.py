@@ -53,6 +53,15 @@ class Method:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self)}
 
+    def stats_bytes(self, shape: tuple[int, int]) -> int:
+        """Bytes of what it gathers about a linear of `shape` `(out, in)` while observing it (for the
+        memory estimate)."""
+        return 4 * shape[1]
+
+    def work_bytes(self, shape: tuple[int, int]) -> int:
+        """Bytes it works in while changing a linear of `shape`: a float32 copy of the weight and its result."""
+        return 2 * 4 * shape[0] * shape[1]
+
     @classmethod
     def summary(cls) -> str:
         """The first sentence of the class docstring: what the method does, for `--help`."""

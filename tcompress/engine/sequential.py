@@ -19,7 +19,7 @@ from greenlet import greenlet
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tcompress.checkpoint.lazy import streamed
+from tcompress.checkpoint.lazy import lazy_of, streamed
 from tcompress.core.memory import reuse_freed_memory
 from tcompress.core.modules import linear_weight, replace_module
 from tcompress.engine.inputs import (
@@ -37,7 +37,7 @@ from tcompress.engine.inputs import (
 )
 from tcompress.engine.method import BlockMethod, LinearMethod, Method
 from tcompress.engine.targets import head_of, replace_head
-from tcompress.models.adapters import Block, adapter
+from tcompress.models.adapters import Adapter, Block, adapter
 
 CHUNK_TOKENS = 16384  # calibration tokens a block runs over at once: 32 samples of 512 (see calibration_memory.py)
 
@@ -234,7 +234,10 @@ def sequential(model: nn.Module, calib: Calibration, method: Method | None = Non
     """
     if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens <= 0:
         raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
-    with reuse_freed_memory():  # each block allocates the same large activations again
+    # each block allocates the same large activations again: reuse them, in memory; streamed,
+    # each block's weights are new tensors, which would fragment a heap that keeps what is freed
+    reuse = reuse_freed_memory() if lazy_of(model) is None else contextlib.nullcontext()
+    with reuse:
         return _sequential(model, calib, method, batch_size, device, offload, progress, on_block, one_pass,
                            chunk_tokens)
 
@@ -249,27 +252,37 @@ def _sequential(model: nn.Module, calib: Calibration, method: Method | None, bat
     captured = capture(model, model.get_submodule(parts.blocks_name) if parts.blocks_name else [model], batches,
                        offload)
     desc = f"{method.name} by block" if method else "blocks"
-    for block in tqdm(blocks, desc=desc, disable=not progress):
-        inputs = captured.at(block.index)
-        with streamed(model, block.name):  # a lazily loaded model's block holds its weights only here
-            with placed(block.module, device):
-                run = BlockRunner(block.module, device or home(block.module), offload)
-                if isinstance(method, LinearMethod):
-                    replacements = change_linears(method, model, block, inputs, run, one_pass, chunk_tokens)
-                elif isinstance(method, BlockMethod):
-                    replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
-                    run.propagate(inputs)
-                else:
-                    replacements = {}
-                    run.propagate(inputs)
-                for name, new in replacements.items():
-                    replace_module(model, name, new)
-            captured.hidden = inputs.hidden
-            if on_block is not None:
-                on_block(block, inputs.hidden)
+    with tqdm(total=len(blocks), desc=desc, disable=not progress) as bar:
+        while blocks:  # each Block goes once done, and with it the linears its method replaced
+            one_block(model, parts, blocks.pop(0), captured, method, device, offload, one_pass, chunk_tokens,
+                      on_block)
+            bar.update()
     if isinstance(method, LinearMethod) and method.head:
-        quantize_head(method, model, inputs)
-    return inputs.hidden
+        quantize_head(method, model, captured)
+    return captured.hidden
+
+
+def one_block(model: nn.Module, parts: Adapter, block: Block, captured: BlockInputs, method: Method | None,
+              device: torch.device | str | None, offload: torch.device | str, one_pass: bool, chunk_tokens: int,
+              on_block: Callable[[Block, list[Tensor]], None] | None) -> None:
+    """Apply `method` to `block` and leave its outputs in `captured`, as the next block's inputs."""
+    inputs = captured.at(block.index)
+    with streamed(model, block.name):  # a lazily loaded model's block holds its weights only here
+        with placed(block.module, device):
+            run = BlockRunner(block.module, device or home(block.module), offload)
+            if isinstance(method, LinearMethod):
+                replacements = change_linears(method, model, block, inputs, run, one_pass, chunk_tokens)
+            elif isinstance(method, BlockMethod):
+                replacements = stand_in_for(model, block, method.apply_block(parts, block, inputs, run) or {})
+                run.propagate(inputs)
+            else:
+                replacements = {}
+                run.propagate(inputs)
+            for name, new in replacements.items():
+                replace_module(model, name, new)
+        captured.hidden = inputs.hidden
+        if on_block is not None:
+            on_block(block, inputs.hidden)
 
 
 def change_linears(method: LinearMethod, model: nn.Module, block: Block, inputs: BlockInputs,

@@ -45,7 +45,7 @@ def sparsegpt_prune(w: Tensor, h: Tensor, sparsity: float, *, nm: tuple[int, int
     dead = h.diagonal() == 0  # inputs that never fire: their weights go first
     h[dead, dead] = 1
     w[:, dead] = 0
-    factor = inverse_hessian_factor(h, damp)
+    factor = inverse_hessian_factor(h, damp, overwrite=True)  # h is this function's copy
     pivots = factor.diagonal()
     rows = w.t().contiguous()  # [in, out]: row i is column i of the weight
     kept = torch.ones_like(rows, dtype=torch.bool)
@@ -124,6 +124,13 @@ class SparseGPT(Pruner):
                 self.grid.groups_of(in_features)
             except ValueError as error:
                 raise ValueError(f"{self.name}: {name}: {error}") from None
+
+    def stats_bytes(self, shape: tuple[int, int]) -> int:
+        return 4 * shape[1] ** 2  # the inputs' Gram matrix, float32
+
+    def work_bytes(self, shape: tuple[int, int]) -> int:
+        out, n_in = shape
+        return 4 * (2 * n_in**2 + 3 * out * n_in)  # H permuted (factored in place, LAPACK copying once); W and its errors
 
     def init_stats(self, linear: nn.Module) -> HessianStats:
         n = self.weight_of(linear).shape[1]

@@ -24,6 +24,15 @@ from tcompress.solvers.hessian import HessianStats, inverse_hessian_factor
 from tcompress.solvers.obs import runs, sweep
 
 
+def permuted_both_ways(h: Tensor, order: Tensor, strip: int = 512) -> Tensor:
+    """`h[order][:, order]` as one new matrix: the rows gathered, then each strip of rows'
+    columns in place (no second [in, in] temporary: 268 MB for 8,192 inputs)."""
+    out = h.index_select(0, order)
+    for start in range(0, len(out), strip):
+        out[start : start + strip] = out[start : start + strip].index_select(1, order)
+    return out
+
+
 def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, damp: float = 0.1,
                   act_order: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Codes `[out, in]` and per-group scales and zeros `[out, groups]` of `w` `[out, in]`.
@@ -31,20 +40,23 @@ def gptq_quantize(w: Tensor, h: Tensor, grid: Grid, *, block_size: int = 128, da
     Runs in the dtype of `w` and `h` (float32 in use; float64 in the reference test).
     The weight is held transposed, so each column to quantize is one contiguous row.
     """
-    w, h = w.clone(), h.clone()
+    w = w.clone()
     out_features, in_features = w.shape
     groups = grid.groups_of(in_features)
     size = in_features // groups
     dead = h.diagonal() == 0  # inputs that never fire: any value is exact
-    h[dead, dead] = 1
     w[:, dead] = 0
     scales = torch.zeros(groups, out_features, dtype=w.dtype)
     zeros = torch.zeros_like(scales)
     if act_order:  # static groups: every grid from the unquantized weight
         for g in range(groups):
             scales[g], zeros[g] = group_grid(w[:, g * size : (g + 1) * size], grid)
-    order = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(in_features)
-    factor = inverse_hessian_factor(h[order][:, order], damp)
+    diagonal = h.diagonal().masked_fill(dead, 1)
+    order = torch.argsort(diagonal, descending=True) if act_order else torch.arange(in_features)
+    permuted = permuted_both_ways(h, order)  # [in, in]: `h` is left as it is
+    permuted.diagonal().copy_(diagonal[order])
+    factor = inverse_hessian_factor(permuted, damp, overwrite=True)
+    del permuted
     rows = w.t()[order].contiguous()  # [in, out]: row i is the i-th column to quantize
     codes = torch.empty_like(rows, dtype=torch.uint8)
     groups_of_rows = (order // size).to(torch.int32)
@@ -84,6 +96,13 @@ class GPTQ(WeightQuantizer):
             raise ValueError(f"damp must be in [0, 1), got {self.damp!r}")
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size!r}")
+
+    def stats_bytes(self, shape: tuple[int, int]) -> int:
+        return 4 * shape[1] ** 2  # the inputs' Gram matrix, float32
+
+    def work_bytes(self, shape: tuple[int, int]) -> int:
+        out, n_in = shape
+        return 4 * (2 * n_in**2 + 3 * out * n_in)  # H permuted (factored in place, LAPACK copying once); W and its errors
 
     def init_stats(self, linear: nn.Module) -> HessianStats:
         n = self.weight_of(linear).shape[1]
