@@ -49,6 +49,7 @@ class Method:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""  # the command that offers it: quantize, prune or arch
     needs_data: ClassVar[bool] = True  # False: calibration-free, no forward passes
+    stats_reduction: ClassVar[str] = "sum"  # how processes' statistics join in data-parallel runs: "sum" or "max"
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self)}

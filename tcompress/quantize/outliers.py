@@ -32,6 +32,7 @@ class Outliers(WeightQuantizer):
 
     name = "outliers"
     input_only_stats = True  # max |x| is the inputs' alone: q, k and v share it
+    stats_reduction = "max"
     bits: int = option(8, "bits a weight (default 8 here)")
     group_size: int | None = option(None, "input channels per scale, or 'channel' (the default here)",
                                     none="channel")

@@ -2,6 +2,7 @@ import json
 import re
 
 import pytest
+import torch
 
 import tcompress as tc
 from tcompress.cli import main
@@ -254,3 +255,49 @@ def test_methods_of_another_command_or_none_are_refused(tiny_folder, tmp_path, c
 def test_generate_names_what_it_needs(capsys):
     assert main(["-q", "generate", "no-such-model", "--prompt", "x"]) == 2
     assert "expected a named model" in capsys.readouterr().err
+
+
+def test_max_memory_below_the_prediction_refuses_before_work(tiny_folder, tmp_path, capsys):
+    assert main(["-q", "quantize", tiny_folder, "--calib-samples", "2", "--calib-seqlen", "32", "--max-memory", "1MB",
+                 "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "predicted to peak at" in err and "above --max-memory 0.00 GB" in err and "--calib-samples" in err
+    assert not (tmp_path / "q").exists()
+    with pytest.raises(SystemExit) as exit:
+        main(["-q", "quantize", tiny_folder, "--max-memory", "4", "--out", str(tmp_path / "q")])
+    assert exit.value.code == 2 and "expected an amount of memory with its unit" in capsys.readouterr().err
+
+
+def test_max_memory_streams_when_only_streaming_fits(tiny_folder, tmp_path, monkeypatch, capsys):
+    from tcompress.cli import compress
+    from tcompress.engine.peak import MemoryEstimate
+
+    monkeypatch.setattr(compress, "predict_peak", lambda model, method, samples, seqlen, lazy, chunk_tokens:
+                        MemoryEstimate({"weights": int(1e9 if lazy else 5e9)}))
+    assert main(["-q", "quantize", tiny_folder, "--calib-samples", "2", "--calib-seqlen", "32", "--max-memory", "2GB",
+                 "--method", "rtn", "--group-size", "16", "--out", str(tmp_path / "q")]) == 0
+    out = capsys.readouterr().out
+    assert "streaming the model from its files" in out and "(predicted 1.00 GB)" in out
+    assert (tmp_path / "q" / "model.safetensors.index.json").is_file()  # written a shard a block
+    assert main(["-q", "quantize", tiny_folder, "--calib-samples", "2", "--calib-seqlen", "32", "--max-memory", "0.5GB",
+                 "--method", "rtn", "--group-size", "16", "--out", str(tmp_path / "r")]) == 2
+    assert "lower --calib-samples" in capsys.readouterr().err
+
+
+def test_lazy_quantize_saves_what_the_in_memory_run_saves(tiny_folder, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    def tensors(folder):
+        state = {}
+        for file in folder.glob("*.safetensors"):
+            state.update(load_file(file))
+        return state
+
+    common = ["-q", "quantize", tiny_folder, "--calib-samples", "4", "--calib-seqlen", "32", "--bits", "4",
+              "--group-size", "16"]
+    assert main([*common, "--out", str(tmp_path / "mem")]) == 0
+    assert main([*common, "--lazy", "--eval", "pydoc", "--eval-windows", "1", "--eval-seqlen", "64",
+                 "--out", str(tmp_path / "lazy")]) == 0
+    assert "peak memory" in capsys.readouterr().out
+    a, b = tensors(tmp_path / "mem"), tensors(tmp_path / "lazy")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
